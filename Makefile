@@ -1,0 +1,45 @@
+# Two commands set everything up on a fresh machine with Python 3.11+ and make:
+#   make run   - create .venv, install, run the main job (clustermass run on the embedded synthetic box)
+#   make test  - create/refresh .venv with the test extras and run the test suite
+# Both are idempotent: the install step re-runs only when pyproject.toml or constraints.txt change.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+PIPFLAGS ?= --disable-pip-version-check --no-input -q
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test install install-test lint bench clean
+
+run: $(VENV)/.installed-run
+	$(BIN)/clustermass run $(RUN_ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed-run
+install-test: $(VENV)/.installed-test
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: clustermass needs Python 3.11+, $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install $(PIPFLAGS) -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-run
+	$(PIP) install $(PIPFLAGS) -c constraints.txt -e '.[test]'
+	@touch $@
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed-run
+	$(BIN)/python bench/bench_synth.py
+	$(BIN)/python bench/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) runs .cache .pytest_cache

@@ -1,0 +1,221 @@
+"""Reading halo and galaxy catalogs into lazy dask DataFrames with canonical columns and units.
+
+>>> cat = read_halos("box/halos.h5")                      # doctest: +SKIP
+>>> cat.snapshot.box_size, cat.frame.npartitions           # doctest: +SKIP
+
+Each partition is read, unit-normalised and value-checked when dask computes it, so a catalog larger than
+memory streams through; :func:`validate` makes one pass over the id column for duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+
+from ingest import checks
+from ingest.cosmosim import open_csv
+from ingest.hdf5 import open_hdf5
+from ingest.hlist import TextSource, open_whitespace
+from ingest.schema import GALAXIES, HALOS, UM_IGNORE_FLAG, Schema, empty_frame_meta, select_columns
+from ingest.source import Source, check_exists, detect_format, sidecar_hints
+from ingest.textblocks import DEFAULT_BLOCKSIZE
+from ingest.units import ROCKSTAR_FILE_UNITS, UNIVERSEMACHINE_FILE_UNITS, conversion_factor
+from ingest.universemachine import open_um_binary
+from pipeline.errors import InputError
+from pipeline.snapshot import PartialSnapshot, Snapshot, resolve_snapshot
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A lazily read catalog.
+
+    Attributes
+    ----------
+    frame : dask DataFrame with canonical columns (see :mod:`ingest.schema`) in canonical units
+    snapshot : box size (comoving Mpc/h), scale factor, cosmology — resolved from the file and configuration
+    source : the opened file (format, original column names, file units)
+    schema : :data:`ingest.schema.HALOS` or :data:`ingest.schema.GALAXIES`
+    """
+
+    frame: dd.DataFrame
+    snapshot: Snapshot
+    source: Source
+    schema: Schema
+
+    @property
+    def path(self) -> str:
+        return self.source.path
+
+    @property
+    def units(self) -> dict[str, str]:
+        return {c: self.schema[c].unit for c in self.frame.columns}
+
+
+def read_halos(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    snapshot: Snapshot | None = None,
+    columns: Sequence[str] | None = None,
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    validate: bool = True,
+) -> Catalog:
+    """Read a Rockstar-style halo catalog (hlist ASCII, CosmoSim CSV or HDF5).
+
+    Parameters
+    ----------
+    path : the catalog file
+    format : ``"hlist"``, ``"csv"``, ``"hdf5"`` or None (from the extension / first bytes)
+    snapshot : what the configuration says the snapshot is; must agree with the file's header if it has one
+    columns : canonical columns to load (required ones are always loaded); None loads every known column
+    blocksize : bytes per partition
+    validate : check ids for duplicates now (one pass over the id column); value checks always run per partition
+    """
+    return _read(str(path), HALOS, format, snapshot, columns, blocksize, validate)
+
+
+def read_galaxies(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    snapshot: Snapshot | None = None,
+    columns: Sequence[str] | None = None,
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    validate: bool = True,
+    ignore_flag: int = UM_IGNORE_FLAG,
+) -> Catalog:
+    """Read a UniverseMachine-style galaxy catalog (``sfr_catalog_*.bin``, its ASCII form, or HDF5).
+
+    Galaxies with ``flags & ignore_flag`` set are dropped (UniverseMachine's IGNORE_FLAG = 16). Other parameters
+    as :func:`read_halos`.
+    """
+    return _read(str(path), GALAXIES, format, snapshot, columns, blocksize, validate, ignore_flag)
+
+
+def _read(
+    path: str,
+    schema: Schema,
+    fmt: str | None,
+    snapshot: Snapshot | None,
+    columns: Sequence[str] | None,
+    blocksize: int,
+    validate: bool,
+    ignore_flag: int | None = None,
+) -> Catalog:
+    check_exists(path)
+    if os.path.getsize(path) == 0:
+        raise InputError(path, "is empty")
+    fmt = detect_format(path, schema.name, fmt)
+    source = open_source(path, schema, fmt, blocksize)
+    snap = resolve_snapshot(
+        source.hints,
+        sidecar_hints(path),
+        PartialSnapshot.of(snapshot, "the configuration") if snapshot is not None else None,
+    )
+    wanted = select_columns(schema, source.available, columns)
+    # The flags column is needed to drop ignored galaxies even when not asked for.
+    load = list(wanted)
+    drop_flags = ignore_flag is not None and "flags" in source.available
+    if drop_flags and "flags" not in load:
+        load.append("flags")
+    factors = {
+        c: conversion_factor(source.file_units.get(c), schema[c].unit, path=path, column=source.available[c])
+        for c in load
+    }
+    loader = partial(
+        _load_partition,
+        source=source,
+        schema=schema,
+        columns=tuple(load),
+        keep=tuple(wanted),
+        factors=factors,
+        box_size=snap.box_size,
+        ignore_flag=ignore_flag if drop_flags else None,
+    )
+    frame = dd.from_map(
+        loader, list(source.parts), meta=empty_frame_meta(schema, wanted), label=f"read-{schema.name}s",
+        enforce_metadata=False,
+    )
+    catalog = Catalog(frame, snap, source, schema)
+    if validate:
+        check_unique_ids(catalog)
+    return catalog
+
+
+def open_source(path: str, schema: Schema, fmt: str, blocksize: int = DEFAULT_BLOCKSIZE) -> Source:
+    """Open ``path`` in format ``fmt`` (see :data:`ingest.source.FORMATS`)."""
+    if fmt == "hlist":
+        return open_whitespace(path, schema, "hlist", ROCKSTAR_FILE_UNITS, blocksize)
+    if fmt == "um-ascii":
+        return open_whitespace(path, schema, "um-ascii", UNIVERSEMACHINE_FILE_UNITS, blocksize)
+    if fmt == "csv":
+        return open_csv(path, schema, ROCKSTAR_FILE_UNITS if schema is HALOS else UNIVERSEMACHINE_FILE_UNITS,
+                        blocksize)
+    if fmt == "hdf5":
+        return open_hdf5(path, schema, blocksize)
+    if fmt == "um-binary":
+        if schema is not GALAXIES:
+            raise InputError(path, "UniverseMachine binary files hold galaxies, not halos")
+        return open_um_binary(path, schema, blocksize)
+    raise InputError(path, f"unknown format '{fmt}'")  # pragma: no cover - detect_format guards this
+
+
+def _load_partition(
+    spec,
+    *,
+    source: Source,
+    schema: Schema,
+    columns: tuple[str, ...],
+    keep: tuple[str, ...],
+    factors: dict[str, float],
+    box_size: float,
+    ignore_flag: int | None,
+) -> pd.DataFrame:
+    frame = source.read_part(spec, columns)
+    for col, factor in factors.items():
+        if factor != 1.0:
+            frame[col] = (frame[col].to_numpy() * factor).astype(schema[col].numpy_dtype, copy=False)
+    line_of = source.line_of if isinstance(source, TextSource) else None
+    checks.check_partition(
+        frame, schema, path=source.path, box_size=box_size, row_offset=lambda: source.row_offset(spec),
+        line_of=line_of,
+    )
+    if ignore_flag is not None:
+        frame = frame.loc[(frame["flags"].to_numpy() & ignore_flag) == 0]
+    if tuple(frame.columns) != keep:
+        frame = frame[list(keep)]
+    return frame.reset_index(drop=True)
+
+
+def check_unique_ids(catalog: Catalog) -> None:
+    """One pass over the id column: duplicate ids are an error naming the id and the row of its repeat."""
+    id_col = catalog.schema.id_column
+    source = catalog.source
+    parts = list(source.parts)
+    # read ids per partition without the ignore-flag filter, so rows are counted as in the file
+    tasks = [dask.delayed(_ids_of)(source, spec, id_col) for spec in parts]
+    arrays = dask.compute(*tasks)
+    ids = np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)
+    dup = checks.duplicate_ids(ids)
+    if dup.size:
+        value = int(dup[0])
+        row = checks.first_row_of(ids, value) + 1
+        line = source.line_of(row) if isinstance(source, TextSource) else None
+        raise InputError(
+            source.path,
+            f"id {value} occurs more than once ({dup.size} duplicated id(s)); expected unique ids",
+            column=source.available[id_col],
+            row=row,
+            line=line,
+        )
+
+
+def _ids_of(source: Source, spec, id_col: str) -> np.ndarray:
+    return source.read_part(spec, [id_col])[id_col].to_numpy()

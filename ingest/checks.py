@@ -1,0 +1,86 @@
+"""Value checks on catalog partitions: finite numbers, non-negative masses, positions inside the box,
+stellar masses that are linear (not log10), unique ids. Pure functions on pandas/numpy; each failure is an
+:class:`~pipeline.errors.InputError` naming the file, the column and the data row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from ingest.schema import Schema
+from pipeline.errors import InputError
+
+#: positions may overshoot the box edge by this much (float32 rounding in writers), Mpc/h
+POSITION_TOLERANCE = 1e-3
+#: a stellar-mass column whose largest value is below this (Msun) holds log10 masses, not masses
+LOG_MASS_CEILING = 100.0
+
+
+def check_partition(
+    frame: pd.DataFrame,
+    schema: Schema,
+    *,
+    path: str,
+    box_size: float | None,
+    row_offset: Callable[[], int],
+    line_of: Callable[[int], int | None] | None = None,
+) -> None:
+    """Raise on the first bad value in ``frame`` (canonical columns, canonical units).
+
+    ``row_offset`` is only called when something is wrong: counting rows before a text partition costs a
+    scan of the file, which the happy path never pays.
+    """
+
+    def fail(column: str, local: int, message: str) -> InputError:
+        row = row_offset() + local + 1
+        line = line_of(row) if line_of is not None else None
+        return InputError(path, message, column=column, row=row, line=line)
+
+    for col in frame.columns:
+        spec = schema[col]
+        values = frame[col].to_numpy()
+        if spec.kind in ("any", "int", "id"):
+            if spec.kind == "id" and len(values) and (bad := np.flatnonzero(values < 0)).size:
+                raise fail(col, int(bad[0]), f"expected a non-negative id, found {values[bad[0]]}")
+            continue
+        finite = np.isfinite(values)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            raise fail(col, i, f"expected a finite number [{spec.unit or 'no unit'}], found {values[i]}")
+        if spec.kind == "mass" and (bad := np.flatnonzero(values < 0)).size:
+            i = int(bad[0])
+            raise fail(col, i, f"expected a non-negative mass [{spec.unit}], found {values[i]:g}")
+        if spec.kind == "position" and box_size is not None:
+            bad = np.flatnonzero((values < -POSITION_TOLERANCE) | (values >= box_size + POSITION_TOLERANCE))
+            if bad.size:
+                i = int(bad[0])
+                raise fail(col, i, f"position {values[i]:g} Mpc/h is outside the box [0, {box_size:g})")
+    for col in ("sm", "obs_sm"):
+        if col in frame.columns and schema.name == "galaxy" and len(frame) >= 20:
+            values = frame[col].to_numpy()
+            top = float(np.max(values)) if len(values) else 0.0
+            if 0.0 < top < LOG_MASS_CEILING:
+                raise InputError(
+                    path,
+                    f"stellar masses look like log10(M*/Msun) (largest value {top:.3g}); expected linear masses "
+                    "in Msun (no h)",
+                    column=col,
+                )
+
+
+def duplicate_ids(ids: np.ndarray) -> np.ndarray:
+    """The ids that occur more than once (sorted, each once)."""
+    if ids.size < 2:
+        return ids[:0]
+    s = np.sort(ids, kind="stable")
+    dup = s[1:][s[1:] == s[:-1]]
+    return np.unique(dup)
+
+
+def first_row_of(ids: np.ndarray, value: int) -> int:
+    """0-based index of the second occurrence of ``value`` in ``ids``."""
+    where = np.flatnonzero(ids == value)
+    return int(where[1] if where.size > 1 else where[0])
