@@ -29,7 +29,7 @@ from ingest.textblocks import DEFAULT_BLOCKSIZE
 from ingest.units import ROCKSTAR_FILE_UNITS, UNIVERSEMACHINE_FILE_UNITS, conversion_factor
 from ingest.universemachine import open_um_binary
 from pipeline.errors import InputError
-from pipeline.snapshot import PartialSnapshot, Snapshot, resolve_snapshot
+from pipeline.snapshot import CONFIG_SOURCE, PartialSnapshot, Snapshot, resolve_snapshot
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _read(
     snap = resolve_snapshot(
         source.hints,
         sidecar_hints(path),
-        PartialSnapshot.of(snapshot, "the configuration") if snapshot is not None else None,
+        PartialSnapshot.of(snapshot, CONFIG_SOURCE) if snapshot is not None else None,
     )
     wanted = select_columns(schema, source.available, columns)
     # The flags column is needed to drop ignored galaxies even when not asked for.

@@ -90,7 +90,7 @@ class CatalogWriter:
     # -- writing ---------------------------------------------------------------------------------------------
     def append(self, columns: Mapping[str, np.ndarray]) -> None:
         """Append one chunk: canonical column name -> array (canonical units). Every chunk has the same columns."""
-        names = [c for c in self.schema.names if c in columns]
+        names = [c for c in self._file_order() if c in columns]
         if self._columns is None:
             missing = [c for c in self.schema.required if c not in columns]
             if missing:
@@ -139,6 +139,14 @@ class CatalogWriter:
         self.tmp.unlink(missing_ok=True)
 
     # -- formats ---------------------------------------------------------------------------------------------
+    def _file_order(self) -> list[str]:
+        """Column order on disk: Rockstar's for hlist/CSV, the struct's for UniverseMachine, else the schema's."""
+        if self.format in ("hlist", "csv"):
+            return list(ROCKSTAR_NAMES)
+        if self.format in ("um-binary", "um-ascii"):
+            return list(UM_ASCII_COLUMNS)
+        return self.schema.names
+
     def _start(self) -> None:
         assert self._columns is not None
         if self.format == "hdf5":

@@ -95,6 +95,10 @@ class Snapshot:
         )
 
 
+#: The name :func:`resolve_snapshot` gives to what the configuration says.
+CONFIG_SOURCE = "the configuration"
+
+
 @dataclass(frozen=True)
 class PartialSnapshot:
     """What one source (a header, a file name, a sidecar, the configuration) says about the snapshot.
@@ -133,8 +137,14 @@ def resolve_snapshot(*parts: PartialSnapshot | None, rtol: float = 1e-4) -> Snap
         old, old_src = resolved[key]
         same = old.agrees_with(value) if key == "cosmology" else math.isclose(old, value, rel_tol=rtol)
         if not same:
+            # Name the file at fault first: the configuration is what the user asked for.
+            (file_src, file_val), (other_src, other_val) = sorted(
+                [(old_src, old), (source, value)], key=lambda sv: sv[0] == CONFIG_SOURCE
+            )
             raise InputError(
-                _path_of(source), f"{key} {_describe(key, value)} disagrees with {_describe(key, old)} from {old_src}"
+                _path_of(file_src),
+                f"{key} {_describe(key, file_val)} ({_what_of(file_src)}) disagrees with "
+                f"{_describe(key, other_val)} from {other_src}",
             )
 
     for part in given:
@@ -184,8 +194,12 @@ def _preset_matching(h: float, Om0: float) -> Cosmology | None:
     return None
 
 
-def _path_of(source: str) -> str:
-    return source.partition(" (")[0]
+def _path_of(source: str) -> str | None:
+    return None if source == CONFIG_SOURCE else source.partition(" (")[0]
+
+
+def _what_of(source: str) -> str:
+    return source.partition(" (")[2].rstrip(")") or source
 
 
 def _describe(key: str, value: Any) -> str:

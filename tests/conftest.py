@@ -1,0 +1,62 @@
+"""Shared fixtures. Tool caches go under a per-session temporary directory, never the home folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="clustermass-test-cache-")
+os.environ["CLUSTERMASS_CACHE"] = _CACHE
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pipeline.caches import configure_caches  # noqa: E402
+
+configure_caches()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ingest.schema import GALAXIES, HALOS, Schema  # noqa: E402
+from pipeline.cosmology import MDPL2  # noqa: E402
+from pipeline.snapshot import Snapshot  # noqa: E402
+
+
+@pytest.fixture
+def snapshot() -> Snapshot:
+    return Snapshot(box_size=100.0, scale_factor=0.8951, cosmology=MDPL2, name="test-box")
+
+
+def fake_table(schema: Schema, n: int, box: float = 100.0, seed: int = 0) -> dict[str, np.ndarray]:
+    """A tiny catalog with every column of ``schema`` filled with plausible values in canonical units."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for col in schema.columns:
+        dt = col.numpy_dtype
+        if col.kind == "id":
+            out[col.name] = np.arange(1, n + 1, dtype=dt) * 7
+        elif dt.kind == "i":
+            out[col.name] = np.zeros(n, dtype=dt) if col.name == "flags" else np.full(n, -1, dtype=dt)
+        elif col.kind == "position":
+            out[col.name] = rng.uniform(0.0, box, n).astype(dt)
+        elif col.name in ("sm", "obs_sm", "icl"):
+            out[col.name] = (10 ** rng.uniform(9.5, 12.0, n)).astype(dt)
+        elif col.unit == "Msun/h":
+            out[col.name] = (10 ** rng.uniform(11.0, 15.0, n)).astype(dt)
+        elif col.unit == "Mpc/h":
+            out[col.name] = rng.uniform(0.01, 2.0, n).astype(dt)
+        elif col.unit == "km/s":
+            out[col.name] = rng.normal(0.0, 400.0, n).astype(dt)
+        else:
+            out[col.name] = rng.uniform(0.0, 1.0, n).astype(dt)
+    return out
+
+
+@pytest.fixture
+def halo_table() -> dict[str, np.ndarray]:
+    return fake_table(HALOS, 500)
+
+
+@pytest.fixture
+def galaxy_table() -> dict[str, np.ndarray]:
+    return fake_table(GALAXIES, 500, seed=1)
