@@ -120,24 +120,20 @@ def _read(
         PartialSnapshot.of(snapshot, CONFIG_SOURCE) if snapshot is not None else None,
     )
     wanted = select_columns(schema, source.available, columns)
-    # The flags column is needed to drop ignored galaxies even when not asked for.
-    load = list(wanted)
-    drop_flags = ignore_flag is not None and "flags" in source.available
-    if drop_flags and "flags" not in load:
-        load.append("flags")
     factors = {
         c: conversion_factor(source.file_units.get(c), schema[c].unit, path=path, column=source.available[c])
-        for c in load
+        for c in source.available
     }
+    # dask-expr absorbs column projections into from_map by passing ``columns=`` at call time, so
+    # ``frame[["x", "y"]]`` reads only those columns from the file. ``columns`` here is the default (everything).
     loader = partial(
         _load_partition,
         source=source,
         schema=schema,
-        columns=tuple(load),
-        keep=tuple(wanted),
+        columns=tuple(wanted),
         factors=factors,
         box_size=snap.box_size,
-        ignore_flag=ignore_flag if drop_flags else None,
+        ignore_flag=ignore_flag if (ignore_flag is not None and "flags" in source.available) else None,
     )
     frame = dd.from_map(
         loader, list(source.parts), meta=empty_frame_meta(schema, wanted), label=f"read-{schema.name}s",
@@ -172,14 +168,17 @@ def _load_partition(
     *,
     source: Source,
     schema: Schema,
-    columns: tuple[str, ...],
-    keep: tuple[str, ...],
+    columns: Sequence[str],
     factors: dict[str, float],
     box_size: float,
     ignore_flag: int | None,
 ) -> pd.DataFrame:
-    frame = source.read_part(spec, columns)
-    for col, factor in factors.items():
+    """Read one partition: the ``columns`` asked for (plus ``flags`` to drop ignored rows), normalised, checked."""
+    keep = list(columns)
+    load = [*keep, "flags"] if (ignore_flag is not None and "flags" not in keep) else keep
+    frame = source.read_part(spec, load)
+    for col in load:
+        factor = factors.get(col, 1.0)
         if factor != 1.0:
             frame[col] = (frame[col].to_numpy() * factor).astype(schema[col].numpy_dtype, copy=False)
     line_of = source.line_of if isinstance(source, TextSource) else None
@@ -188,10 +187,12 @@ def _load_partition(
         line_of=line_of,
     )
     if ignore_flag is not None:
-        frame = frame.loc[(frame["flags"].to_numpy() & ignore_flag) == 0]
-    if tuple(frame.columns) != keep:
-        frame = frame[list(keep)]
-    return frame.reset_index(drop=True)
+        keep_rows = (frame["flags"].to_numpy() & ignore_flag) == 0
+        if not keep_rows.all():
+            frame = frame.loc[keep_rows].reset_index(drop=True)
+    if list(frame.columns) != keep:
+        frame = frame[keep]
+    return frame
 
 
 def check_unique_ids(catalog: Catalog) -> None:

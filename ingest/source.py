@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.snapshot import PartialSnapshot, Snapshot
 
 SIDECAR_NAME = "snapshot.json"
+_SNAPSHOT_KEYS = {"name", "box_size", "box_size_unit", "scale_factor", "redshift", "cosmology"}
 
 FORMATS = ("hlist", "csv", "hdf5", "um-binary", "um-ascii")
 _EXTENSIONS = {
@@ -116,7 +117,11 @@ def sidecar_hints(path: str) -> PartialSnapshot | None:
     if not sidecar.exists():
         return None
     try:
-        snap = Snapshot.from_dict(json.loads(sidecar.read_text()), where=str(sidecar))
+        data = json.loads(sidecar.read_text())
+        if not isinstance(data, dict):
+            raise InputError(sidecar, "expected a JSON object describing the snapshot")
+        # the sidecar may carry more (the generator's settings, row counts): only the snapshot keys are read here
+        snap = Snapshot.from_dict({k: v for k, v in data.items() if k in _SNAPSHOT_KEYS}, where="snapshot")
     except json.JSONDecodeError as exc:
         raise InputError(sidecar, f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except ConfigError as exc:

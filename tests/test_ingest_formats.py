@@ -200,3 +200,16 @@ def test_cosmology_matches_astropy():
     assert MDPL2.critical_density(z) == pytest.approx(rho, rel=1e-4)
     snap = Snapshot(1000.0, 0.8951, MDPL2)
     assert snap.redshift == pytest.approx(0.11719, abs=1e-5)
+
+
+def test_column_projection_reads_only_the_projected_columns(tmp_path, halo_table, snapshot):
+    """dask pushes ``frame[[...]]`` into the reader: a bad value in a column that is not read goes unnoticed,
+    and is caught as soon as that column is read."""
+    table = {k: v.copy() for k, v in halo_table.items()}
+    table["mvir"][5] = np.nan
+    path = write_catalog(tmp_path / "halos.h5", table, kind="halo", fmt="hdf5", snapshot=snapshot)
+    cat = read_halos(path)
+    xs = cat.frame[["x", "m200c"]].compute()
+    assert list(xs.columns) == ["x", "m200c"] and len(xs) == 500
+    with pytest.raises(Exception, match="column 'mvir', row 6"):
+        cat.frame.compute()

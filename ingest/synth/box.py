@@ -1,0 +1,463 @@
+"""The synthetic MultiDark-style periodic box: distinct haloes, subhaloes and galaxies, cell by cell.
+
+What is generated (units: masses Msun/h, stellar masses Msun without h, positions comoving Mpc/h in
+``[0, box_size)``, radii comoving Mpc/h, velocities physical peculiar km/s):
+
+* distinct haloes (``upid = pid = -1``): M200c from the Tinker+08 mass function (:mod:`.massfunction`),
+  uniform positions in their cell, bulk velocities N(0, 300 km/s) per axis, Duffy+08 concentrations with
+  lognormal scatter, other mass definitions and radii from NFW (:mod:`.nfw`), vrms = sqrt(3) x the host's
+  Evrard+08 dispersion (with its scatter and merger tail, :mod:`.velocity`); a fraction of the small haloes is
+  moved into the infall regions of the massive ones (:mod:`.infall`);
+* satellites: Poisson(<N_sat>(M200c)) of the Zheng+07 HOD (:mod:`.hod`) per distinct halo, NFW radii inside
+  R200c with the host's concentration, isotropic directions, velocities host + N(0, b_v sigma_host) per axis;
+  each lives in a subhalo (``upid = pid = host id``) whose peak mass follows dN/dm ∝ m^-1.9 (:mod:`.subhalos`);
+* galaxies (UniverseMachine semantics): one central per distinct halo (``galaxy_id`` = halo id, ``upid = -1``),
+  one satellite per subhalo (``galaxy_id`` = subhalo id, ``upid`` = host id); Moster+13 stellar masses from
+  M200c (centrals) or peak M200c (satellites) with lognormal scatter, observed stellar masses with measurement
+  scatter (:mod:`.smhm`), star formation from :mod:`.starformation`. Only galaxies with
+  ``obs_sm >= 10**min_log10_mstar`` are emitted.
+
+The box is cut into ``cells_per_side**3`` cubes; cell ``i`` is generated from its own random stream
+``SeedSequence(seed, spawn_key=(i,))`` (= ``SeedSequence(seed).spawn(n)[i]``), independently of the others, so a
+box is reproducible cell by cell, never needs to sit in memory whole, and cells can be generated in parallel.
+The realisation depends on ``cells_per_side`` (the cells partition the Poisson draws), which is therefore part
+of the configuration; ``None`` picks it from the expected halo count only (deterministic).
+Halo ids are ``cell_index * 2**32 + k`` with k = 1, 2, ... over the cell's distinct haloes then subhaloes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ingest.schema import GALAXIES, HALOS, Schema
+from ingest.synth.geometry import isotropic_unit_vectors, wrap_positions
+from ingest.synth.hod import HOD_PRESETS, ZHENG07_MR19, Zheng07HOD
+from ingest.synth.infall import relocate_into_infall
+from ingest.synth.massfunction import MassFunctionTable
+from ingest.synth.nfw import (
+    VMAX_FACTOR,
+    MassConversion,
+    circular_velocity,
+    radius_from_mass,
+    sample_concentration,
+    sample_radius,
+    vmax_nfw,
+)
+from ingest.synth.nfw import mu as nfw_mu
+from ingest.synth.smhm import MOSTER13, Moster13, intracluster_light, observe_stellar_mass, sample_stellar_mass
+from ingest.synth.starformation import sample_star_formation
+from ingest.synth.subhalos import sample_peak_masses, sample_stripping, stripped_vmax
+from ingest.synth.velocity import (
+    evrard08_sigma_dm,
+    sample_bulk_velocities,
+    sample_host_dispersion,
+    sample_satellite_velocities,
+)
+from pipeline.cosmology import MDPL2, Cosmology, named_cosmology
+from pipeline.errors import ConfigError
+from pipeline.snapshot import Snapshot
+
+#: With ``cells_per_side=None`` the box is cut so that a cell holds at most about this many distinct haloes.
+TARGET_HALOS_PER_CELL = 1_000_000
+#: Halo ids of cell i are i * ID_STRIDE + 1, 2, ...
+ID_STRIDE = 2**32
+#: mpeak / mvir of distinct haloes is 10^Exponential(MPEAK_EXCESS_DEX) (>= 1: Rockstar's Mpeak >= Mvir).
+MPEAK_EXCESS_DEX = 0.02
+
+
+def _build(kind: type, data: Mapping[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    try:
+        return kind(**data)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Everything that defines one synthetic box. Two equal configs give identical catalogs.
+
+    Attributes
+    ----------
+    box_size : comoving side, Mpc/h
+    seed : non-negative integer seed of the whole box
+    scale_factor : a of the snapshot (MDPL2's 0.8951, z = 0.117, by default)
+    cosmology : flat Lambda-CDM cosmology (MDPL2 by default)
+    log10_mmin, log10_mmax : range of log10 M200c (Msun/h) of the distinct haloes
+    hod : Zheng+07 occupation of satellites (halo mass M200c)
+    smhm : Moster+13 stellar-to-halo relation; ``smhm_scatter_dex`` its lognormal scatter (dex)
+    obs_sm_scatter_dex : measurement scatter of the observed stellar mass, dex
+    concentration_scatter_dex : lognormal scatter of c200c around Duffy+08, dex
+    velocity_bias : satellite velocity bias b_v (satellite dispersion / dark-matter dispersion)
+    sigma_ln_scatter : Evrard+08 scatter in ln sigma_DM at fixed M200c
+    merger_fraction : fraction of hosts whose dispersion is raised by 10^U(0.05, 0.2)
+    bulk_velocity_sigma : 1-D dispersion of distinct-halo bulk velocities, km/s
+    min_log10_mstar : galaxies with obs_sm < 10^this Msun are not emitted (None: every galaxy)
+    cells_per_side : cells along each axis (None: automatic, <= ~1e6 haloes per cell)
+    infall_fraction : fraction of haloes below 10^12.5 Msun/h moved into the infall regions (1-5 R200c) of
+        the hosts above 10^13.5 Msun/h of their cell
+    log10_msub_min : lower limit of the subhalo peak-M200c function, log10 Msun/h
+    subhalo_slope : dN/dm ∝ m^-subhalo_slope for subhalo peak masses
+    subhalo_max_fraction : upper limit of a subhalo's peak M200c, as a fraction of its host's M200c
+    name : label of the snapshot (carried into provenance)
+    """
+
+    box_size: float
+    seed: int = 0
+    scale_factor: float = 0.8951
+    cosmology: Cosmology = MDPL2
+    log10_mmin: float = 11.0
+    log10_mmax: float = 16.0
+    hod: Zheng07HOD = ZHENG07_MR19
+    smhm: Moster13 = MOSTER13
+    smhm_scatter_dex: float = 0.15
+    obs_sm_scatter_dex: float = 0.1
+    concentration_scatter_dex: float = 0.15
+    velocity_bias: float = 1.05
+    sigma_ln_scatter: float = 0.043
+    merger_fraction: float = 0.1
+    bulk_velocity_sigma: float = 300.0
+    min_log10_mstar: float | None = 9.5
+    cells_per_side: int | None = None
+    infall_fraction: float = 0.15
+    log10_msub_min: float = 11.0
+    subhalo_slope: float = 1.9
+    subhalo_max_fraction: float = 0.1
+    name: str = field(default="synthetic")
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"synth: {key} = {getattr(self, key)!r} {why}")
+
+        if not (_is_number(self.box_size) and self.box_size > 0):
+            raise bad("box_size", "must be a positive length in Mpc/h")
+        if not (isinstance(self.seed, int | np.integer) and not isinstance(self.seed, bool) and self.seed >= 0):
+            raise bad("seed", "must be a non-negative integer")
+        if not (_is_number(self.scale_factor) and 0.0 < self.scale_factor <= 1.0):
+            raise bad("scale_factor", "must be in (0, 1]")
+        if not isinstance(self.cosmology, Cosmology):
+            raise bad("cosmology", "must be a pipeline.cosmology.Cosmology")
+        if not isinstance(self.hod, Zheng07HOD):
+            raise bad("hod", "must be a Zheng07HOD")
+        if not isinstance(self.smhm, Moster13):
+            raise bad("smhm", "must be a Moster13")
+        ranges = {
+            "log10_mmin": (8.0, 15.5),
+            "log10_mmax": (10.0, 16.5),
+            "smhm_scatter_dex": (0.0, 1.0),
+            "obs_sm_scatter_dex": (0.0, 1.0),
+            "concentration_scatter_dex": (0.0, 0.5),
+            "velocity_bias": (0.1, 3.0),
+            "sigma_ln_scatter": (0.0, 1.0),
+            "merger_fraction": (0.0, 1.0),
+            "bulk_velocity_sigma": (0.0, 3000.0),
+            "infall_fraction": (0.0, 0.99),
+            "log10_msub_min": (8.0, 15.0),
+            "subhalo_slope": (1.01, 3.0),
+            "subhalo_max_fraction": (1e-3, 1.0),
+        }
+        for key, (lo, hi) in ranges.items():
+            value = getattr(self, key)
+            if not (_is_number(value) and lo <= value <= hi):
+                raise bad(key, f"must be a number in [{lo:g}, {hi:g}]")
+        if self.log10_mmax <= self.log10_mmin:
+            raise bad("log10_mmax", f"must exceed log10_mmin = {self.log10_mmin!r}")
+        if self.min_log10_mstar is not None and not (
+            _is_number(self.min_log10_mstar) and 0.0 <= self.min_log10_mstar <= 13.0
+        ):
+            raise bad("min_log10_mstar", "must be None or a number in [0, 13] (log10 Msun)")
+        if self.cells_per_side is not None and not (
+            isinstance(self.cells_per_side, int | np.integer)
+            and not isinstance(self.cells_per_side, bool)
+            and 1 <= self.cells_per_side <= 1024
+        ):
+            raise bad("cells_per_side", "must be None or an integer in [1, 1024]")
+        if not isinstance(self.name, str):
+            raise bad("name", "must be a string")
+        # normalise numbers (ints given for floats, numpy scalars) so equal configs compare and hash equal
+        for key in (*ranges, "box_size", "scale_factor"):
+            object.__setattr__(self, key, float(getattr(self, key)))
+        object.__setattr__(self, "seed", int(self.seed))
+        if self.min_log10_mstar is not None:
+            object.__setattr__(self, "min_log10_mstar", float(self.min_log10_mstar))
+        if self.cells_per_side is not None:
+            object.__setattr__(self, "cells_per_side", int(self.cells_per_side))
+
+    @property
+    def redshift(self) -> float:
+        return 1.0 / self.scale_factor - 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description (cosmology, HOD and SMHM as tables); :meth:`from_dict` inverts it."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["cosmology"] = self.cosmology.to_dict()
+        out["hod"] = self.hod.to_dict()
+        out["smhm"] = asdict(self.smhm)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "synth") -> SynthConfig:
+        """Build from a mapping of field names; ``cosmology`` may be a preset name or a table, ``hod`` a preset
+        name (``"zheng07_mr20"``, ``"zheng07_mr21"``) or a table, ``smhm`` a table of Moster13 parameters."""
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        if "box_size" not in data:
+            raise ConfigError(f"{where}: box_size (comoving Mpc/h) is required")
+        cosmo = data.get("cosmology")
+        if isinstance(cosmo, str):
+            data["cosmology"] = named_cosmology(cosmo)
+        elif isinstance(cosmo, Mapping):
+            data["cosmology"] = Cosmology.from_dict(cosmo, where=f"{where}.cosmology")
+        hod = data.get("hod")
+        if isinstance(hod, str):
+            if hod.lower() not in HOD_PRESETS:
+                raise ConfigError(f"{where}: unknown HOD '{hod}'; known: {sorted(HOD_PRESETS)}")
+            data["hod"] = HOD_PRESETS[hod.lower()]
+        elif isinstance(hod, Mapping):
+            data["hod"] = _build(Zheng07HOD, hod, f"{where}.hod")
+        if isinstance(data.get("smhm"), Mapping):
+            data["smhm"] = _build(Moster13, data["smhm"], f"{where}.smhm")
+        return cls(**data)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The :class:`~pipeline.snapshot.Snapshot` (box size, scale factor, cosmology) of this box."""
+        return Snapshot(box_size=float(self.box_size), scale_factor=float(self.scale_factor),
+                        cosmology=self.cosmology, name=self.name)
+
+
+class Cell(NamedTuple):
+    """One generated cell: canonical halo and galaxy columns (:data:`ingest.schema.HALOS` / ``GALAXIES``)."""
+
+    index: int
+    halos: dict[str, np.ndarray]
+    galaxies: dict[str, np.ndarray]
+
+
+class Catalogs(NamedTuple):
+    """A whole box: canonical halo and galaxy columns."""
+
+    halos: dict[str, np.ndarray]
+    galaxies: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class SynthTables:
+    """Tables built once per configuration and shared by every cell (read-only, safe across threads)."""
+
+    mass_function: MassFunctionTable
+    conversion: MassConversion
+    cells_per_side: int
+
+
+@lru_cache(maxsize=16)
+def _mass_function(cosmology: Cosmology, redshift: float, lo: float, hi: float) -> MassFunctionTable:
+    return MassFunctionTable.build(cosmology, redshift, lo, hi)
+
+
+@lru_cache(maxsize=16)
+def _conversion(cosmology: Cosmology, redshift: float) -> MassConversion:
+    return MassConversion.build(cosmology, redshift, ("vir", "200b", "500c"))
+
+
+def build_tables(config: SynthConfig) -> SynthTables:
+    """The mass-function and NFW-conversion tables of ``config`` and its number of cells per side."""
+    mf = _mass_function(config.cosmology, config.redshift, float(config.log10_mmin), float(config.log10_mmax))
+    if config.cells_per_side is not None:
+        n_side = int(config.cells_per_side)
+    else:
+        expected = mf.n_total * float(config.box_size) ** 3
+        n_side = max(1, math.ceil((expected / TARGET_HALOS_PER_CELL) ** (1.0 / 3.0) - 1e-9))
+    return SynthTables(mf, _conversion(config.cosmology, config.redshift), n_side)
+
+
+def cell_count(config: SynthConfig) -> int:
+    """Number of cells the box is generated in (``cells_per_side**3``)."""
+    return build_tables(config).cells_per_side ** 3
+
+
+def cell_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of cell ``index``: ``SeedSequence(seed, spawn_key=(index,))``."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
+
+
+def _columns(schema: Schema, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    missing = [c for c in schema.names if c not in values]
+    extra = [c for c in values if c not in schema.names]
+    if missing or extra:  # a programming error, not a user error
+        raise AssertionError(f"{schema.name} columns: missing {missing}, unexpected {extra}")
+    return {c: np.ascontiguousarray(values[c], dtype=schema[c].numpy_dtype) for c in schema.names}
+
+
+def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = None) -> Cell:
+    """Generate cell ``index`` (0 <= index < :func:`cell_count`) of the box; pure function of (config, index)."""
+    tables = build_tables(config) if tables is None else tables
+    n_side = tables.cells_per_side
+    if not (isinstance(index, int | np.integer) and 0 <= index < n_side**3):
+        raise ConfigError(f"synth: cell index {index!r} outside [0, {n_side**3})")
+    index = int(index)
+    rng = cell_rng(config.seed, index)
+    cosmo, z, conv = config.cosmology, config.redshift, tables.conversion
+    side = float(config.box_size) / n_side
+    origin = np.array(np.unravel_index(index, (n_side, n_side, n_side)), dtype=np.float64) * side
+
+    # ---- distinct haloes ------------------------------------------------------------------------------
+    m200c = tables.mass_function.sample(rng, side**3)
+    n = len(m200c)
+    pos = origin + side * rng.random((n, 3))
+    vel = sample_bulk_velocities(rng, n, config.bulk_velocity_sigma)
+    conc = sample_concentration(rng, m200c, z, config.concentration_scatter_dex)
+    sigma = sample_host_dispersion(
+        rng, m200c, cosmo, z, ln_scatter=config.sigma_ln_scatter, merger_fraction=config.merger_fraction
+    )
+    r200c = radius_from_mass(m200c, 200.0, cosmo, z)
+    v200 = circular_velocity(m200c, r200c, z)
+    pos, vel, _ = relocate_into_infall(rng, m200c, r200c, v200, pos, vel, config.infall_fraction)
+    mvir = conv.mass(m200c, conc, "vir")
+    mpeak = mvir * 10.0 ** rng.exponential(MPEAK_EXCESS_DEX, n)
+    vmax = VMAX_FACTOR * v200 * np.sqrt(conc / nfw_mu(conc))
+
+    # ---- satellites and their subhaloes ---------------------------------------------------------------
+    nsat = rng.poisson(config.hod.mean_nsat(m200c))
+    host = np.repeat(np.arange(n), nsat)
+    ns = len(host)
+    if n + ns >= ID_STRIDE:
+        raise ConfigError(f"synth: cell {index} holds {n + ns} haloes, more than ids allow; use more cells")
+    x_sat = sample_radius(rng, conc[host])
+    dist = x_sat * r200c[host]
+    sat_pos = pos[host] + dist[:, None] * isotropic_unit_vectors(rng, ns)
+    sat_vel = sample_satellite_velocities(rng, vel[host], sigma[host], config.velocity_bias)
+    sub_m200c_peak = sample_peak_masses(
+        rng, m200c[host], 10.0**config.log10_msub_min, config.subhalo_slope, config.subhalo_max_fraction
+    )
+    sub_conc = sample_concentration(rng, sub_m200c_peak, z, config.concentration_scatter_dex)
+    kept = sample_stripping(rng, x_sat)
+    sub_mpeak = conv.mass(sub_m200c_peak, sub_conc, "vir")
+    sub_mvir = kept * sub_mpeak
+    sub_m200c = kept * sub_m200c_peak
+    sub_vmp = vmax_nfw(sub_m200c_peak, sub_conc, cosmo, z)
+    sub_vmax = stripped_vmax(sub_vmp, kept)
+
+    base = index * ID_STRIDE + 1
+    halo_id = base + np.arange(n, dtype=np.int64)
+    sub_id = base + n + np.arange(ns, dtype=np.int64)
+    host_id = halo_id[host]
+
+    all_m200c = np.concatenate((m200c, sub_m200c))
+    all_conc = np.concatenate((conc, sub_conc))
+    all_mvir = np.concatenate((mvir, sub_mvir))
+    all_pos = wrap_positions(np.concatenate((pos, sat_pos)), config.box_size)
+    all_vel = np.concatenate((vel, sat_vel))
+    upid = np.concatenate((np.full(n, -1, dtype=np.int64), host_id))
+    halos = _columns(
+        HALOS,
+        {
+            "halo_id": np.concatenate((halo_id, sub_id)),
+            "pid": upid,
+            "upid": upid,
+            "desc_id": np.full(n + ns, -1, dtype=np.int64),
+            "scale": np.full(n + ns, config.scale_factor),
+            "mvir": all_mvir,
+            "m200c": all_m200c,
+            # subhaloes: the NFW ratios of their peak profile, scaled by the retained fraction
+            "m200b": np.concatenate(
+                (conv.mass(m200c, conc, "200b"), kept * conv.mass(sub_m200c_peak, sub_conc, "200b"))
+            ),
+            "m500c": np.concatenate(
+                (conv.mass(m200c, conc, "500c"), kept * conv.mass(sub_m200c_peak, sub_conc, "500c"))
+            ),
+            "mpeak": np.concatenate((mpeak, sub_mpeak)),
+            "rvir": radius_from_mass(all_mvir, conv.deltas["vir"], cosmo, z),
+            # r_s of the (peak) NFW profile: R200c / c200c, comoving Mpc/h
+            "rs": np.concatenate((r200c, radius_from_mass(sub_m200c_peak, 200.0, cosmo, z))) / all_conc,
+            "vmax": np.concatenate((vmax, sub_vmax)),
+            "vrms": np.sqrt(3.0) * np.concatenate((sigma, evrard08_sigma_dm(sub_m200c, cosmo, z))),
+            "x": all_pos[:, 0],
+            "y": all_pos[:, 1],
+            "z": all_pos[:, 2],
+            "vx": all_vel[:, 0],
+            "vy": all_vel[:, 1],
+            "vz": all_vel[:, 2],
+        },
+    )
+
+    # ---- galaxies -------------------------------------------------------------------------------------
+    h = cosmo.h
+    sm = np.concatenate((
+        sample_stellar_mass(rng, m200c, h, z, config.smhm_scatter_dex, config.smhm),
+        sample_stellar_mass(rng, sub_m200c_peak, h, z, config.smhm_scatter_dex, config.smhm),
+    ))
+    obs_sm = observe_stellar_mass(rng, sm, config.obs_sm_scatter_dex)
+    if config.min_log10_mstar is None:
+        keep = np.arange(n + ns)
+    else:
+        keep = np.flatnonzero(obs_sm >= 10.0**config.min_log10_mstar)
+    is_sat = keep >= n
+    host_m200c = np.concatenate((m200c, m200c[host]))[keep]
+    vmp = np.concatenate((vmax * (mpeak / mvir) ** (1.0 / 3.0), sub_vmp))[keep]
+    sm, obs_sm = sm[keep], obs_sm[keep]
+    sf = sample_star_formation(rng, sm, is_sat, host_m200c, cosmo, z)
+    galaxies = _columns(
+        GALAXIES,
+        {
+            "galaxy_id": halos["halo_id"][keep],
+            "desc_id": np.full(len(keep), -1, dtype=np.int64),
+            "upid": upid[keep],
+            "flags": np.zeros(len(keep), dtype=np.int32),
+            "uparent_dist": np.concatenate((np.zeros(n), dist))[keep],
+            "x": halos["x"][keep],
+            "y": halos["y"][keep],
+            "z": halos["z"][keep],
+            "vx": halos["vx"][keep],
+            "vy": halos["vy"][keep],
+            "vz": halos["vz"][keep],
+            "vmp": vmp,
+            "lvmp": np.log10(vmp),
+            "mp": halos["mpeak"][keep],
+            "m": halos["mvir"][keep],
+            "v": halos["vmax"][keep],
+            "r": halos["rvir"][keep],
+            "sm": sm,
+            "icl": intracluster_light(sm, host_m200c, ~is_sat),
+            "obs_sm": obs_sm,
+            **sf,
+        },
+    )
+    return Cell(index, halos, galaxies)
+
+
+def generate_cells(config: SynthConfig, indices: Iterable[int] | None = None) -> Iterator[Cell]:
+    """Yield the cells of the box (all, in index order, unless ``indices`` is given), one at a time.
+
+    The tables are built once; each cell depends only on (config, index).
+    """
+    tables = build_tables(config)
+    for index in range(tables.cells_per_side**3) if indices is None else indices:
+        yield generate_cell(config, index, tables)
+
+
+def _concat(parts: list[dict[str, np.ndarray]], schema: Schema) -> dict[str, np.ndarray]:
+    return {c: np.concatenate([p[c] for p in parts]) if parts else np.empty(0, schema[c].numpy_dtype)
+            for c in schema.names}
+
+
+def generate_box(config: SynthConfig) -> Catalogs:
+    """The whole box in memory (every cell concatenated in index order): for tests and small boxes."""
+    cells = list(generate_cells(config))
+    return Catalogs(_concat([c.halos for c in cells], HALOS), _concat([c.galaxies for c in cells], GALAXIES))

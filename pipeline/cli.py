@@ -1,0 +1,175 @@
+"""The ``clustermass`` command line (also ``python -m pipeline``).
+
+Every command prints one ``error: ...`` line and exits with status 2 on bad input (status 1 on an unexpected
+failure); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.errors import ClusterMassError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="clustermass",
+        description="Galaxy-cluster masses from member galaxies, with honest posteriors.",
+        formatter_class=fmt,
+    )
+    parser.add_argument("--version", action="version", version=f"clustermass {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic MultiDark-style box (Rockstar halos + UniverseMachine galaxies)",
+        description="Write DIR/halos.* (Rockstar columns), DIR/galaxies.* (UniverseMachine columns) and "
+        "DIR/snapshot.json for a periodic box at z = 0.117 with the MDPL2 cosmology: Tinker08 halos, "
+        "Zheng07 HOD galaxies on NFW orbits, Moster13 stellar masses, Evrard08 velocities.",
+        formatter_class=fmt,
+    )
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--box-size", type=float, default=250.0, help="box side, comoving Mpc/h")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same box)")
+    p.add_argument(
+        "--format",
+        default="hdf5",
+        choices=["hdf5", "ascii", "native", "csv"],
+        help="hdf5: halos.h5 + galaxies.h5; ascii: Rockstar hlist halos.list + UniverseMachine ASCII galaxies.txt; "
+        "native: halos.list + UniverseMachine binary galaxies.bin; csv: CosmoSim CSV halos.csv + galaxies.bin",
+    )
+    p.add_argument("--log10-mmin", type=float, default=11.0, help="lightest distinct halo, log10 M200c [Msun/h]")
+    p.add_argument("--min-log10-mstar", type=float, default=9.5, help="lightest galaxy written, log10 M* [Msun]")
+    p.add_argument("--workers", type=int, default=2, help="processes generating cells")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser(
+        "inspect",
+        help="read and validate a halo or galaxy catalog; print its snapshot, rows, columns and units",
+        formatter_class=fmt,
+    )
+    p.add_argument("file", type=Path, help="catalog file (hlist .list, CosmoSim .csv, .h5, UniverseMachine .bin/.txt)")
+    p.add_argument("--kind", choices=["halos", "galaxies"], default=None, help="default: guessed from the name")
+    p.add_argument("--format", default=None, help="hlist | csv | hdf5 | um-binary | um-ascii (default: detected)")
+    p.add_argument("--config", type=Path, default=None, help="configuration giving the [snapshot] if the file does not")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "run",
+        help="run the pipeline on the configured catalogs (default: the embedded synthetic box)",
+        formatter_class=fmt,
+    )
+    p.add_argument("--config", type=Path, default=None, help="TOML configuration (default: embedded defaults)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: [output] dir = runs/default)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pipeline.caches import configure_caches
+
+    configure_caches()
+    try:
+        return int(args.func(args) or 0)
+    except ClusterMassError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # e.g. `clustermass inspect ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+# -- commands -------------------------------------------------------------------------------------------------
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ingest.synth.box import SynthConfig
+    from ingest.synth.synthesize import synthesize
+    from pipeline.progress import Progress
+
+    config = SynthConfig(
+        box_size=args.box_size,
+        seed=args.seed,
+        log10_mmin=args.log10_mmin,
+        min_log10_mstar=args.min_log10_mstar,
+    )
+    progress = Progress("synth cells", enabled=not args.quiet)
+    result = synthesize(args.out, config, fmt=args.format, workers=args.workers, progress=progress)
+    print(f"halos:    {result.halos}  ({result.n_halos} rows)")
+    print(f"galaxies: {result.galaxies}  ({result.n_galaxies} rows)")
+    print(f"metadata: {result.metadata}")
+    print(f"time:     {result.seconds:.1f} s")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ingest.catalog import read_galaxies, read_halos
+    from pipeline.config import load_config
+
+    kind = args.kind or ("galaxies" if any(k in args.file.name.lower() for k in ("galax", "sfr_catalog", "um")) else
+                         "halos")
+    snapshot = load_config(args.config).snapshot if args.config else None
+    reader = read_galaxies if kind == "galaxies" else read_halos
+    start = time.perf_counter()
+    cat = reader(args.file, format=args.format, snapshot=snapshot)
+    rows = int(cat.frame.map_partitions(len).compute().sum())  # reads and checks every partition
+    info = {
+        "file": str(args.file),
+        "kind": kind,
+        "format": cat.source.format,
+        "rows": rows,
+        "partitions": cat.frame.npartitions,
+        "snapshot": cat.snapshot.to_dict(),
+        "columns": {c: cat.units[c] for c in cat.frame.columns},
+        "file_columns": dict(cat.source.available),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    snap = cat.snapshot
+    print(f"{args.file}: {kind}, {cat.source.format}, {rows} rows valid, {cat.frame.npartitions} partitions")
+    print(f"snapshot: box {snap.box_size:g} Mpc/h, a = {snap.scale_factor:.4f} (z = {snap.redshift:.4f}), "
+          f"cosmology {snap.cosmology.name} (h = {snap.cosmology.h}, Om0 = {snap.cosmology.Om0})")
+    for col in cat.frame.columns:
+        print(f"  {col:14s} [{cat.units[col] or '-'}]  <- {cat.source.available[col]}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.run import run_pipeline
+    from pipeline.config import load_config
+
+    config = load_config(args.config)
+    out = args.out or config.output.dir
+    summary = run_pipeline(config, out, quiet=args.quiet)
+    print(f"run directory: {out}")
+    for key, value in summary["outputs"].items():
+        print(f"  {key:10s} {value}")
+    return 0

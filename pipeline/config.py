@@ -1,0 +1,140 @@
+"""The run configuration: one TOML file, validated up front (unknown keys, wrong types, missing files).
+
+Sections (all optional; the defaults describe the embedded synthetic box)::
+
+    [snapshot]            # needed when the catalogs do not say (CSV, UniverseMachine binary)
+    box_size = 1000.0     # comoving Mpc/h
+    scale_factor = 0.8951
+    cosmology = "mdpl2"   # or a table: {h=..., Om0=..., Ob0=..., ns=..., sigma8=...}
+
+    [input]               # real catalogs; without it the synthetic box below is generated
+    halos = "hlist_0.89510.list"
+    galaxies = "sfr_catalog_0.895100.bin"
+    halo_format = "hlist"         # optional: hlist | csv | hdf5
+    galaxy_format = "um-binary"   # optional: um-binary | um-ascii | hdf5
+
+    [synth]
+    box_size = 400.0      # comoving Mpc/h
+    seed = 0
+    format = "hdf5"       # hdf5 | ascii | native | csv
+    log10_mmin = 11.0     # distinct halos, M200c in Msun/h
+    min_log10_mstar = 9.5 # galaxies written, Msun
+    workers = 2
+
+    [output]
+    dir = "runs/default"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+from pipeline.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    halos: Path
+    galaxies: Path
+    halo_format: str | None = None
+    galaxy_format: str | None = None
+
+
+@dataclass(frozen=True)
+class SynthSection:
+    box_size: float = 400.0
+    seed: int = 0
+    format: str = "hdf5"
+    log10_mmin: float = 11.0
+    min_log10_mstar: float = 9.5
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: Path = Path("runs/default")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    snapshot: Snapshot | None = None
+    input: InputConfig | None = None
+    synth: SynthSection = field(default_factory=SynthSection)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: str = "<defaults>"
+
+
+_SECTIONS = {"snapshot", "input", "synth", "output"}
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Read and validate a TOML configuration; None gives the defaults (the embedded synthetic box)."""
+    if path is None:
+        return RunConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: configuration file not found")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    return parse_config(data, source=str(p), base=p.parent)
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Path | None = None) -> RunConfig:
+    unknown = sorted(set(data) - _SECTIONS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; expected some of {sorted(_SECTIONS)}")
+    base = base or Path.cwd()
+    snap = None
+    if "snapshot" in data:
+        snap = Snapshot.from_dict(_table(data, "snapshot", source), where=f"{source} [snapshot]")
+    inp = None
+    if "input" in data:
+        values = _typed(_table(data, "input", source), InputConfig, f"{source} [input]")
+        for key in ("halos", "galaxies"):
+            if key not in values:
+                raise ConfigError(f"{source} [input]: '{key}' (a catalog file) is required")
+            path = Path(values[key]).expanduser()
+            path = path if path.is_absolute() else base / path
+            if not path.exists():
+                raise ConfigError(f"{source} [input]: {key} file {path} does not exist")
+            values[key] = path
+        inp = InputConfig(**values)
+    synth = SynthSection(**_typed(_table(data, "synth", source), SynthSection, f"{source} [synth]"))
+    if synth.box_size <= 0 or synth.workers < 1:
+        raise ConfigError(f"{source} [synth]: box_size must be > 0 Mpc/h and workers >= 1")
+    out_values = _typed(_table(data, "output", source), OutputConfig, f"{source} [output]")
+    if "dir" in out_values:
+        out_values["dir"] = Path(out_values["dir"])
+    return RunConfig(snap, inp, synth, OutputConfig(**out_values), source)
+
+
+def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: [{name}] must be a table, got {value!r}")
+    return dict(value)
+
+
+_TYPES = {float: (int, float), int: (int,), str: (str,), Path: (str,)}
+
+
+def _typed(values: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    spec = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(spec))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(spec)}")
+    hints = {"float": float, "int": int, "str": str, "Path": Path, "str | None": str}
+    for key, value in values.items():
+        kind = hints.get(str(spec[key].type), str)
+        if isinstance(value, bool) or not isinstance(value, _TYPES[kind]):
+            raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+        if kind is float:
+            values[key] = float(value)
+    return values

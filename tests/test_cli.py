@@ -1,0 +1,102 @@
+"""The `clustermass` command line: help, synth/inspect/run, and one-line errors with non-zero exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_config, parse_config
+from pipeline.errors import ConfigError
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_every_command_and_defaults(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("synth", "inspect", "run"):
+        assert cmd in out
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    out = capsys.readouterr().out
+    assert "comoving Mpc/h (default: 250.0)" in out and "(default: hdf5)" in out
+
+
+def test_synth_then_inspect(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "synth", "--out", str(tmp_path / "box"), "--box-size", "50", "--log10-mmin",
+                           "11.5", "--format", "native", "--quiet", "--workers", "1")
+    assert code == 0 and "galaxies.bin" in out
+    code, out, _ = run_cli(capsys, "inspect", str(tmp_path / "box" / "galaxies.bin"), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["format"] == "um-binary" and info["rows"] > 0
+    assert info["columns"]["obs_sm"] == "Msun" and info["snapshot"]["box_size"] == 50.0
+
+
+def test_bad_input_is_one_line_with_status_2(tmp_path, capsys):
+    bad = tmp_path / "halos.list"
+    bad.write_text("#id(0) upid(1)\n1 -1\n")
+    code, out, err = run_cli(capsys, "inspect", str(bad))
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert str(bad) in err and "column 'm200c'" in err
+
+
+def test_missing_file_and_bad_config(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "inspect", str(tmp_path / "nope.h5"))
+    assert code == 2 and "nope.h5: no such file" in err
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[synth]\nbox_sise = 3\n")
+    code, _, err = run_cli(capsys, "run", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert code == 2 and "unknown key(s) ['box_sise']" in err and err.count("\n") == 1
+
+
+def test_debug_shows_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--debug", "inspect", str(tmp_path / "nope.h5")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_run_default_pipeline_on_a_small_box(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[synth]\nbox_size = 60.0\nlog10_mmin = 11.5\nworkers = 1\n[output]\ndir = "unused"\n')
+    code, out, _ = run_cli(capsys, "run", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 0 and "run directory" in out
+    summary = json.loads((tmp_path / "run" / "ingest" / "summary.json").read_text())
+    assert summary["halos"]["rows"] > summary["halos"]["distinct"] > 0
+    assert summary["galaxies"]["rows"] > 0 and summary["snapshot"]["box_size"] == 60.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[bogus]\n", "unknown section(s) ['bogus']"),
+        ("[synth]\nseed = 'one'\n", "'seed' must be int"),
+        ("[synth]\nbox_size = true\n", "'box_size' must be float"),
+        ("[input]\nhalos = 'missing.list'\ngalaxies = 'g.bin'\n", "halos file"),
+        ("[snapshot]\nbox_size = 100\n", "scale_factor (or redshift) is required"),
+        ("[synth\n", "not valid TOML"),
+    ],
+)
+def test_config_errors(tmp_path, text, message):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert message in str(err.value)
+
+
+def test_config_defaults_and_snapshot():
+    cfg = parse_config({"snapshot": {"box_size": 1000, "scale_factor": 0.8951, "cosmology": "mdpl2"}})
+    assert cfg.snapshot.box_size == 1000.0 and cfg.synth.box_size == 400.0 and cfg.input is None
