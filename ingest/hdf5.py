@@ -38,7 +38,7 @@ class HDF5Source(Source):
         except OSError as exc:
             msg = f"could not read rows {start + 1}-{stop} ({exc}); truncated or corrupted?"
             raise InputError(self.path, msg) from None
-        return pd.DataFrame(out)
+        return pd.DataFrame(out, copy=False)
 
     def row_offset(self, spec: tuple[int, int]) -> int:
         return spec[0]
@@ -77,9 +77,12 @@ def open_hdf5(path: str, schema: Schema, blocksize: int) -> HDF5Source:
                 "truncated write?",
             )
         nrows = next(iter(lengths.values()), 0)
+        chunk_rows = max((grp[n].chunks[0] for n in available.values() if grp[n].chunks), default=1)
         hints = _hints(fh, path)
     row_bytes = sum(schema[c].numpy_dtype.itemsize for c in available) or 1
     step = max(1, min(DEFAULT_ROWS_PER_PART, blocksize // row_bytes))
+    # Partitions on chunk boundaries: a chunk split between two partitions would be read twice.
+    step = max(chunk_rows, step // chunk_rows * chunk_rows)
     parts = tuple((a, min(a + step, nrows)) for a in range(0, nrows, step)) or ((0, 0),)
     return HDF5Source(path, "hdf5", available, units, hints, parts, group, nrows)
 
