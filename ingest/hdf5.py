@@ -81,8 +81,10 @@ def open_hdf5(path: str, schema: Schema, blocksize: int) -> HDF5Source:
         hints = _hints(fh, path)
     row_bytes = sum(schema[c].numpy_dtype.itemsize for c in available) or 1
     step = max(1, min(DEFAULT_ROWS_PER_PART, blocksize // row_bytes))
-    # Partitions on chunk boundaries: a chunk split between two partitions would be read twice.
-    step = max(chunk_rows, step // chunk_rows * chunk_rows)
+    # Partitions on chunk boundaries (a chunk split between two partitions is read twice), unless the block size
+    # asks for partitions smaller than one chunk.
+    if step >= chunk_rows:
+        step = step // chunk_rows * chunk_rows
     parts = tuple((a, min(a + step, nrows)) for a in range(0, nrows, step)) or ((0, 0),)
     return HDF5Source(path, "hdf5", available, units, hints, parts, group, nrows)
 
