@@ -52,6 +52,14 @@ class Snapshot:
         """Hubble-flow velocity per unit comoving separation: a H(z) / h, in (km/s) / (Mpc/h)."""
         return self.scale_factor * self.hubble() / self.cosmology.h
 
+    def agrees_with(self, other: Snapshot, rtol: float = 1e-4) -> bool:
+        """Same box, scale factor and cosmology (h, Om0) to ``rtol``; names may differ."""
+        return (
+            math.isclose(self.box_size, other.box_size, rel_tol=rtol)
+            and math.isclose(self.scale_factor, other.scale_factor, rel_tol=rtol)
+            and self.cosmology.agrees_with(other.cosmology)
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

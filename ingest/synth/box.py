@@ -132,7 +132,7 @@ class SynthConfig:
     bulk_velocity_sigma: float = 300.0
     min_log10_mstar: float | None = 9.5
     cells_per_side: int | None = None
-    infall_fraction: float = 0.15
+    infall_fraction: float = 0.05
     log10_msub_min: float = 11.0
     subhalo_slope: float = 1.9
     subhalo_max_fraction: float = 0.1

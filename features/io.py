@@ -1,0 +1,105 @@
+"""Writing and reading mock observations.
+
+``DIR/observations/part-NNNNN.parquet``: the feature table, partitioned so dask reads it in parallel; units and
+the configuration in the Parquet schema metadata and in ``DIR/observations/_meta.json``.
+``DIR/members.h5``: the ragged member arrays (``offsets`` plus one dataset per member column with a ``unit``
+attribute) and the (cluster_id, los) of every row, in the table's row order.
+Both appear under their final names only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import dask.dataframe as dd
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.definitions import FEATURES
+from features.members import MEMBER_COLUMNS, Members
+from features.observe import Observations
+from pipeline.errors import InputError
+
+TABLE_UNITS: dict[str, str] = {
+    "cluster_id": "",
+    "los": "",
+    "log10_m200c_true": "dex(Msun/h)",
+    "log10_mvir_true": "dex(Msun/h)",
+    "n_true_members": "",
+    **{f.name: f.unit for f in FEATURES},
+}
+OBSERVATIONS_DIR = "observations"
+MEMBERS_FILE = "members.h5"
+
+
+def observation_metadata(obs: Observations, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "n_observations": len(obs.table),
+        "n_hosts": obs.n_hosts,
+        "dropped": obs.dropped,
+        "config": obs.config.to_dict(),
+        "snapshot": obs.snapshot.to_dict(),
+        "units": {c: TABLE_UNITS.get(c, "") for c in obs.table.columns},
+        "features": [f.name for f in FEATURES],
+        **(extra or {}),
+    }
+
+
+def write_observations(out_dir: str | os.PathLike[str], obs: Observations, *, rows_per_part: int = 100_000,
+                       extra_meta: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write the feature table and member arrays into ``out_dir``; returns (observations dir, members file)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = observation_metadata(obs, extra_meta)
+    final_dir = out / OBSERVATIONS_DIR
+    tmp_dir = out / f".{OBSERVATIONS_DIR}.partial"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir()
+    schema_meta = {b"clustermass": json.dumps(meta).encode()}
+    table = obs.table
+    for k, start in enumerate(range(0, max(len(table), 1), rows_per_part)):
+        part = pa.Table.from_pandas(table.iloc[start:start + rows_per_part], preserve_index=False)
+        part = part.replace_schema_metadata({**(part.schema.metadata or {}), **schema_meta})
+        pq.write_table(part, tmp_dir / f"part-{k:05d}.parquet")
+    (tmp_dir / "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    members_path = out / MEMBERS_FILE
+    tmp_members = out / f".{MEMBERS_FILE}.partial"
+    with h5py.File(tmp_members, "w") as fh:
+        fh.create_dataset("offsets", data=obs.members.offsets)
+        fh.create_dataset("cluster_id", data=table["cluster_id"].to_numpy())
+        fh.create_dataset("los", data=table["los"].to_numpy())
+        for name, (_, unit, desc) in MEMBER_COLUMNS.items():
+            ds = fh.create_dataset(name, data=getattr(obs.members, name), chunks=True if len(table) else None)
+            ds.attrs["unit"] = unit
+            ds.attrs["description"] = desc
+        fh.attrs["metadata"] = json.dumps(meta)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp_dir, final_dir)
+    os.replace(tmp_members, members_path)
+    return final_dir, members_path
+
+
+def read_observations(run_dir: str | os.PathLike[str]) -> tuple[dd.DataFrame, dict[str, Any]]:
+    """The feature table as a lazy dask DataFrame (one partition per Parquet part) and its metadata."""
+    path = Path(run_dir) / OBSERVATIONS_DIR
+    if not (path / "_meta.json").exists():
+        raise InputError(path, "no mock observations here (expected part-*.parquet and _meta.json)")
+    meta = json.loads((path / "_meta.json").read_text())
+    return dd.read_parquet(str(path / "part-*.parquet")), meta
+
+
+def read_members(run_dir: str | os.PathLike[str]) -> Members:
+    """The ragged member arrays, in the feature table's row order."""
+    path = Path(run_dir) / MEMBERS_FILE
+    if not path.exists():
+        raise InputError(path, "no member arrays here")
+    with h5py.File(path, "r") as fh:
+        return Members(np.asarray(fh["offsets"][...]), **{k: np.asarray(fh[k][...]) for k in MEMBER_COLUMNS})

@@ -1,0 +1,316 @@
+"""Mock observations of every host along every line of sight, out of core.
+
+1. Hosts: distinct halos (``upid == -1``) with M200c above the cut — small, held in memory.
+2. One streaming pass over the galaxy catalog (dask partitions): galaxies above the stellar-mass cut get their
+   redshift-space coordinate along each line of sight and are appended to one bucket file per
+   (line of sight, region) — a column of the box padded by the aperture (:mod:`features.regions`) — and, for the
+   optional random directions, to one bucket per direction holding the galaxies near the massive hosts.
+3. Each bucket is an independent task: a KD-tree over its galaxies, the cylinder search of its hosts
+   (:mod:`features.cylinder`), the features (:mod:`features.definitions`). No task holds the whole catalog.
+
+The result is a pure function of (catalogs, configuration): regions are processed and concatenated in a fixed
+order, then sorted by (cluster_id, los).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from features.cylinder import CylinderSpec, LineOfSightSpec, redshift_space, search_axis, search_direction
+from features.definitions import FEATURES, compute_features
+from features.members import Members
+from features.regions import RegionGrid
+from ingest.catalog import Catalog
+from pipeline.errors import ClusterMassError, InputError
+from pipeline.snapshot import Snapshot
+
+AXIS_RECORD = np.dtype([("galaxy_id", "<i8"), ("upid", "<i8"), ("u", "<f4"), ("v", "<f4"), ("s", "<f4"),
+                        ("log10_mstar", "<f4")])
+DIRECTION_RECORD = np.dtype([("galaxy_id", "<i8"), ("upid", "<i8"), ("s", "<f4", (3,)), ("log10_mstar", "<f4")])
+
+HOST_COLUMNS = ("halo_id", "upid", "m200c", "mvir", "x", "y", "z", "vx", "vy", "vz")
+GALAXY_COLUMNS = ("galaxy_id", "upid", "x", "y", "z", "vx", "vy", "vz", "obs_sm")
+
+
+@dataclass(frozen=True)
+class ObservationConfig:
+    """Everything that defines the mock observations (units as in :class:`CylinderSpec`)."""
+
+    cylinder: CylinderSpec = field(default_factory=CylinderSpec)
+    los: LineOfSightSpec = field(default_factory=LineOfSightSpec)
+    regions_per_side: int = 4
+
+    def to_dict(self) -> dict:
+        return {"cylinder": self.cylinder.to_dict(), "los": self.los.to_dict(),
+                "regions_per_side": self.regions_per_side}
+
+
+@dataclass(frozen=True)
+class Observations:
+    """The feature table (one row per kept observation, sorted by cluster_id, los) and its member arrays."""
+
+    table: pd.DataFrame
+    members: Members
+    dropped: dict[str, int]
+    n_hosts: int
+    config: ObservationConfig
+    snapshot: Snapshot
+
+
+def select_hosts(halos: Catalog, log10_m200c_min: float) -> pd.DataFrame:
+    """Distinct halos (upid = -1) with log10 M200c >= ``log10_m200c_min``, sorted by halo_id (small: in memory)."""
+    cols = [c for c in HOST_COLUMNS if c in halos.frame.columns]
+    frame = halos.frame[cols]
+    hosts = frame[(frame["upid"] == -1) & (frame["m200c"] >= 10.0**log10_m200c_min)].compute()
+    if "mvir" not in hosts:
+        hosts["mvir"] = np.nan
+    if hosts.empty:
+        raise InputError(
+            halos.path,
+            f"empty selection: no distinct halo (upid = -1) has M200c >= 10^{log10_m200c_min:g} Msun/h; "
+            "expected at least one host (lower the host mass cut or use a larger box)",
+        )
+    return hosts.sort_values("halo_id", kind="stable").reset_index(drop=True)
+
+
+def make_observations(
+    halos: Catalog,
+    galaxies: Catalog,
+    config: ObservationConfig = ObservationConfig(),
+    *,
+    scratch: str | Path | None = None,
+    scheduler: str = "threads",
+    num_workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Observations:
+    """Mock observations and features for every host and line of sight.
+
+    ``scratch``: directory for the temporary galaxy buckets (removed at the end; default: a temporary directory).
+    ``scheduler``/``num_workers``: how the region tasks run (dask's local schedulers).
+    """
+    snap = halos.snapshot
+    if not snap.agrees_with(galaxies.snapshot):
+        raise InputError(galaxies.path, f"snapshot {galaxies.snapshot.to_dict()} differs from the halo catalog's "
+                                        f"{snap.to_dict()}")
+    spec = config.cylinder
+    spec.check(snap)
+    hosts = select_hosts(halos, spec.host_log10_m200c_min)
+    hubble = snap.hubble_per_comoving()
+    depth = spec.half_depth(snap)
+    grid = RegionGrid(snap.box_size, config.regions_per_side, spec.r_aperture)
+    directions = config.los.directions()
+    extra_hosts = hosts[np.log10(hosts["m200c"].to_numpy()) >= config.los.extra_log10_m200c_min]
+    if not len(directions):
+        extra_hosts = extra_hosts.iloc[:0]
+
+    owned = scratch is None
+    scratch_dir = Path(tempfile.mkdtemp(prefix="clustermass-buckets-")) if owned else Path(scratch)
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _bucket_galaxies(galaxies, spec, config.los.axes, grid, directions, extra_hosts, hubble,
+                         math.hypot(spec.r_aperture, depth), scratch_dir)
+        tasks = []
+        for axis in config.los.axes:
+            i, j = [a for a in range(3) if a != axis]
+            host_uv = hosts[["xyz"[i], "xyz"[j]]].to_numpy(np.float64)
+            host_s = redshift_space(hosts["xyz"[axis]].to_numpy(), hosts["v" + "xyz"[axis]].to_numpy(), hubble,
+                                    snap.box_size)
+            home = grid.home(host_uv)
+            for region in range(grid.count):
+                rows = np.flatnonzero(home == region)
+                if len(rows):
+                    tasks.append(dask.delayed(_observe_axis_region)(
+                        _bucket_path(scratch_dir, axis, region), hosts.iloc[rows], grid.to_local(host_uv[rows], region),
+                        host_s[rows], axis, grid, spec, depth, hubble, snap.box_size))
+        for d, n_hat in enumerate(directions):
+            if len(extra_hosts):
+                hs = _direction_s(extra_hosts[["x", "y", "z"]].to_numpy(), extra_hosts[["vx", "vy", "vz"]].to_numpy(),
+                                  n_hat, hubble, snap.box_size)
+                tasks.append(dask.delayed(_observe_direction)(
+                    _direction_path(scratch_dir, d), extra_hosts, hs, n_hat, 3 + d, spec, depth, hubble,
+                    snap.box_size))
+        results = _run(tasks, scheduler, num_workers, progress)
+    finally:
+        if owned:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
+        else:
+            for f in scratch_dir.glob("bucket-*.bin"):
+                f.unlink()
+
+    tables = [r[0] for r in results]
+    members = Members.concat([r[1] for r in results])
+    table = pd.concat(tables, ignore_index=True) if tables else _empty_table()
+    order = np.lexsort((table["los"].to_numpy(), table["cluster_id"].to_numpy()))
+    table = table.iloc[order].reset_index(drop=True)
+    members = members.take(order)
+    n_before = len(table)
+    keep = table["n_members"].to_numpy() >= spec.min_members
+    dropped = {f"los_{k}": int(((~keep) & (table["los"].to_numpy() == k)).sum())
+               for k in sorted(set(table["los"].tolist()))}
+    table = table.loc[keep].reset_index(drop=True)
+    members = members.take(keep)
+    dropped["total"] = int(n_before - len(table))
+    if table.empty:
+        raise ClusterMassError(
+            f"empty selection: all {n_before} observations of {len(hosts)} hosts have fewer than "
+            f"{spec.min_members} members (galaxies with log10 M* >= {spec.log10_mstar_min:g} in "
+            f"{spec.r_aperture:g} Mpc/h, |v_los| < {spec.v_cut:g} km/s); expected at least one"
+        )
+    return Observations(table, members, dropped, len(hosts), config, snap)
+
+
+# -- streaming pass ------------------------------------------------------------------------------------------------
+def _bucket_galaxies(galaxies: Catalog, spec: CylinderSpec, axes: Sequence[int], grid: RegionGrid,
+                     directions: np.ndarray, extra_hosts: pd.DataFrame, hubble: float, reach: float,
+                     scratch: Path) -> None:
+    box = galaxies.snapshot.box_size
+    frame = galaxies.frame[list(GALAXY_COLUMNS)]
+    host_trees = []
+    for n_hat in directions:
+        if len(extra_hosts):
+            hs = _direction_s(extra_hosts[["x", "y", "z"]].to_numpy(), extra_hosts[["vx", "vy", "vz"]].to_numpy(),
+                              n_hat, hubble, box)
+            host_trees.append(cKDTree(hs, boxsize=box))
+    handles: dict[Path, object] = {}
+    try:
+        parts = frame.to_delayed()
+        step = 2
+        for start in range(0, len(parts), step):
+            chunk = dask.compute(*[dask.delayed(_bucketize)(p, spec.log10_mstar_min, tuple(axes), grid, directions,
+                                                            host_trees, hubble, reach, box)
+                                   for p in parts[start:start + step]], scheduler="threads")
+            for buckets in chunk:
+                for (kind, key), records in buckets.items():
+                    path = _bucket_path(scratch, *key) if kind == "axis" else _direction_path(scratch, key)
+                    fh = handles.get(path)
+                    if fh is None:
+                        fh = handles[path] = open(path, "ab")
+                    fh.write(records.tobytes())
+    finally:
+        for fh in handles.values():
+            fh.close()
+
+
+def _bucketize(part: pd.DataFrame, log10_mstar_min: float, axes: tuple[int, ...], grid: RegionGrid,
+               directions: np.ndarray, host_trees: list, hubble: float, reach: float, box: float) -> dict:
+    sm = part["obs_sm"].to_numpy()
+    sel = np.flatnonzero(sm >= 10.0**log10_mstar_min)
+    out: dict = {}
+    if not len(sel):
+        return out
+    gid = part["galaxy_id"].to_numpy()[sel]
+    upid = part["upid"].to_numpy()[sel]
+    logm = np.log10(sm[sel].astype(np.float64)).astype(np.float32)
+    pos = part[["x", "y", "z"]].to_numpy(np.float64)[sel]
+    vel = part[["vx", "vy", "vz"]].to_numpy(np.float64)[sel]
+    for axis in axes:
+        i, j = [a for a in range(3) if a != axis]
+        s = redshift_space(pos[:, axis], vel[:, axis], hubble, box)
+        idx, region = grid.assign(pos[:, [i, j]])
+        order = np.argsort(region, kind="stable")
+        idx, region = idx[order], region[order]
+        bounds = np.flatnonzero(np.diff(region)) + 1
+        for chunk_idx in np.split(np.arange(len(idx)), bounds):
+            if not len(chunk_idx):
+                continue
+            rows = idx[chunk_idx]
+            rec = np.empty(len(rows), dtype=AXIS_RECORD)
+            rec["galaxy_id"], rec["upid"] = gid[rows], upid[rows]
+            rec["u"], rec["v"], rec["s"] = pos[rows, i], pos[rows, j], s[rows]
+            rec["log10_mstar"] = logm[rows]
+            out[("axis", (axis, int(region[chunk_idx[0]])))] = rec
+    for d, (n_hat, tree) in enumerate(zip(directions, host_trees, strict=False)):
+        s3 = _direction_s(pos, vel, n_hat, hubble, box)
+        dist, _ = tree.query(s3, k=1, distance_upper_bound=reach * (1 + 1e-6))
+        near = np.flatnonzero(np.isfinite(dist))
+        if len(near):
+            rec = np.empty(len(near), dtype=DIRECTION_RECORD)
+            rec["galaxy_id"], rec["upid"] = gid[near], upid[near]
+            rec["s"], rec["log10_mstar"] = s3[near], logm[near]
+            out[("direction", d)] = rec
+    return out
+
+
+# -- region tasks --------------------------------------------------------------------------------------------------
+def _observe_axis_region(path: Path, hosts: pd.DataFrame, host_uv: np.ndarray, host_s: np.ndarray, axis: int,
+                         grid: RegionGrid, spec: CylinderSpec, depth: float, hubble: float,
+                         box: float) -> tuple[pd.DataFrame, Members]:
+    rec = np.fromfile(path, dtype=AXIS_RECORD) if path.exists() else np.empty(0, dtype=AXIS_RECORD)
+    region = int(path.stem.rsplit("-", 1)[1])
+    gal_uv = grid.to_local(np.column_stack([rec["u"], rec["v"]]), region)
+    period = grid.local_period
+    m = search_axis(host_uv, host_s, gal_uv, rec["s"].astype(np.float64), r_aperture=spec.r_aperture,
+                    half_depth=depth, hubble=hubble, period_xy=(period, period), period_s=box)
+    return _assemble(hosts, axis, m.offsets, m.r_proj, m.v_los, rec[m.index], spec)
+
+
+def _observe_direction(path: Path, hosts: pd.DataFrame, host_s: np.ndarray, n_hat: np.ndarray, los: int,
+                       spec: CylinderSpec, depth: float, hubble: float,
+                       box: float) -> tuple[pd.DataFrame, Members]:
+    rec = np.fromfile(path, dtype=DIRECTION_RECORD) if path.exists() else np.empty(0, dtype=DIRECTION_RECORD)
+    m = search_direction(host_s, rec["s"].astype(np.float64), n_hat, r_aperture=spec.r_aperture,
+                         half_depth=depth, hubble=hubble, box_size=box)
+    return _assemble(hosts, los, m.offsets, m.r_proj, m.v_los, rec[m.index], spec)
+
+
+def _assemble(hosts: pd.DataFrame, los: int, offsets: np.ndarray, r_proj: np.ndarray, v_los: np.ndarray,
+              rec: np.ndarray, spec: CylinderSpec) -> tuple[pd.DataFrame, Members]:
+    host_id = hosts["halo_id"].to_numpy()
+    counts = np.diff(offsets)
+    owner = np.repeat(host_id, counts)
+    true_member = (rec["galaxy_id"] == owner) | (rec["upid"] == owner)
+    members = Members(offsets, r_proj.astype(np.float32), v_los.astype(np.float32),
+                      rec["log10_mstar"].astype(np.float32), rec["galaxy_id"].astype(np.int64), true_member)
+    feats = compute_features(offsets, r_proj, v_los, rec["log10_mstar"], r_aperture=spec.r_aperture)
+    m200c = hosts["m200c"].to_numpy(np.float64)
+    mvir = hosts["mvir"].to_numpy(np.float64)
+    table = pd.DataFrame({
+        "cluster_id": host_id.astype(np.int64),
+        "los": np.full(len(hosts), los, dtype=np.int16),
+        "log10_m200c_true": np.log10(m200c).astype(np.float32),
+        "log10_mvir_true": np.log10(np.where(mvir > 0, mvir, np.nan)).astype(np.float32),
+        "n_true_members": np.bincount(np.repeat(np.arange(len(hosts)), counts), weights=true_member,
+                                      minlength=len(hosts)).astype(np.int32),
+        **{name: np.asarray(values) for name, values in feats.items()},
+    })
+    return table, members
+
+
+def _run(tasks: list, scheduler: str, num_workers: int | None, progress: Callable[[int, int], None] | None) -> list:
+    if not tasks:
+        return []
+    out = []
+    batch = max(1, num_workers or 2) * 2
+    for start in range(0, len(tasks), batch):
+        out.extend(dask.compute(*tasks[start:start + batch], scheduler=scheduler, num_workers=num_workers))
+        if progress is not None:
+            progress(min(start + batch, len(tasks)), len(tasks))
+    return out
+
+
+def _direction_s(pos: np.ndarray, vel: np.ndarray, n_hat: np.ndarray, hubble: float, box: float) -> np.ndarray:
+    s = np.mod(pos + np.outer(vel @ n_hat / hubble, n_hat), box)
+    return np.where(s >= box, 0.0, s)
+
+
+def _bucket_path(scratch: Path, axis: int, region: int) -> Path:
+    return scratch / f"bucket-axis{axis}-{region}.bin"
+
+
+def _direction_path(scratch: Path, d: int) -> Path:
+    return scratch / f"bucket-dir{d}.bin"
+
+
+def _empty_table() -> pd.DataFrame:
+    cols = ["cluster_id", "los", "log10_m200c_true", "log10_mvir_true", "n_true_members", *[f.name for f in FEATURES]]
+    return pd.DataFrame({c: [] for c in cols})
