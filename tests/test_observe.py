@@ -107,7 +107,7 @@ def test_table_is_sorted_and_has_truth(observed):
 
 
 def test_write_and_read_back(tmp_path, observed):
-    obs_dir, members_path = write_observations(tmp_path, observed, rows_per_part=50)
+    obs_dir, _ = write_observations(tmp_path, observed, rows_per_part=50)
     frame, meta = read_observations(tmp_path)
     assert frame.npartitions == len(list(obs_dir.glob("part-*.parquet"))) >= 2
     back = frame.compute().reset_index(drop=True)
@@ -122,7 +122,7 @@ def test_write_and_read_back(tmp_path, observed):
 def test_empty_selection_is_an_error(box):
     with pytest.raises(InputError, match=r"empty selection: no distinct halo .* M200c >= 10\^16"):
         make_observations(*box, ObservationConfig(cylinder=CylinderSpec(host_log10_m200c_min=16.0)))
-    with pytest.raises(ClusterMassError, match="empty selection: all .* fewer than 100000 members"):
+    with pytest.raises(ClusterMassError, match=r"empty selection: all .* fewer than 100000 members"):
         make_observations(*box, ObservationConfig(cylinder=CylinderSpec(min_members=100000)))
 
 
