@@ -146,6 +146,8 @@ def make_observations(
         else:
             for f in scratch_dir.glob("bucket-*.bin"):
                 f.unlink()
+            if not any(scratch_dir.iterdir()):
+                scratch_dir.rmdir()
 
     tables = [r[0] for r in results]
     members = Members.concat([r[1] for r in results])

@@ -1,7 +1,8 @@
 """The pipeline run behind ``clustermass run``: the synthetic box (or the configured catalogs), then ingest.
 
-Stages written so far: synth -> ingest (read, unit-normalise, validate, summarise). Later stages (mock
-observations, training, inference, catalogs) are added here as they land, then wrapped as Prefect tasks.
+Stages written so far: synth -> ingest (read, unit-normalise, validate, summarise) -> features (mock
+observations and member arrays). Later stages (training, inference, catalogs) are added here as they land, then
+wrapped as Prefect tasks.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from features.cylinder import CylinderSpec, LineOfSightSpec
+from features.io import write_observations
+from features.observe import ObservationConfig, make_observations
 from ingest.catalog import Catalog, read_galaxies, read_halos
 from ingest.synth.box import SynthConfig
 from ingest.synth.synthesize import output_paths, synthesize
-from pipeline.config import RunConfig
+from pipeline.config import ObserveSection, RunConfig
 from pipeline.progress import Progress
 
 HOST_LOG10_M200C_CUT = 13.5  # Msun/h: the hosts mock observations will be made of (REFERENCE.md §3)
@@ -46,11 +50,35 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, quiet: bool 
     summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     summary_path = out / "ingest" / "summary.json"
     _write_json(summary_path, summary)
-    summary["outputs"] = {"halos": str(halos_path), "galaxies": str(galaxies_path), "summary": str(summary_path)}
+
+    t0 = time.perf_counter()
+    obs_config = observation_config(config.observe)
+    obs = make_observations(halos, galaxies, obs_config, scratch=out / ".scratch", num_workers=config.observe.workers,
+                            progress=Progress("features regions", enabled=not quiet))
+    obs_dir, members_path = write_observations(out, obs)
+    timings["features"] = time.perf_counter() - t0
+    summary["observations"] = {"kept": len(obs.table), "dropped": obs.dropped, "hosts": obs.n_hosts}
+    summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    _write_json(summary_path, summary)
+    summary["outputs"] = {"halos": str(halos_path), "galaxies": str(galaxies_path), "summary": str(summary_path),
+                          "observations": str(obs_dir), "members": str(members_path)}
     if not quiet:
         for stage, secs in timings.items():
             print(f"stage {stage:8s} {secs:7.1f} s")
     return summary
+
+
+def observation_config(section: ObserveSection) -> ObservationConfig:
+    """The features stage's configuration from the [observe] section."""
+    return ObservationConfig(
+        cylinder=CylinderSpec(
+            r_aperture=section.r_aperture, v_cut=section.v_cut, min_members=section.min_members,
+            log10_mstar_min=section.log10_mstar_min, host_log10_m200c_min=section.host_log10_m200c_min,
+        ),
+        los=LineOfSightSpec(extra_directions=section.extra_directions,
+                            extra_log10_m200c_min=section.extra_log10_m200c_min, seed=section.los_seed),
+        regions_per_side=section.regions_per_side,
+    )
 
 
 def _synth_stage(config: RunConfig, box_dir: Path, quiet: bool) -> tuple[Path, Path]:

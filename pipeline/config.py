@@ -21,6 +21,16 @@ Sections (all optional; the defaults describe the embedded synthetic box)::
     min_log10_mstar = 9.5 # galaxies written, Msun
     workers = 2
 
+    [observe]             # mock observations (defaults: Ho et al. 2019)
+    r_aperture = 1.6      # comoving Mpc/h
+    v_cut = 2500.0        # km/s
+    min_members = 10
+    log10_mstar_min = 9.5
+    host_log10_m200c_min = 13.5
+    extra_directions = 0  # random lines of sight for hosts above extra_log10_m200c_min
+    regions_per_side = 4
+    workers = 2
+
     [output]
     dir = "runs/default"
 """
@@ -56,6 +66,22 @@ class SynthSection:
 
 
 @dataclass(frozen=True)
+class ObserveSection:
+    """Mock observations (features/): cylinder, lines of sight, regions."""
+
+    r_aperture: float = 1.6  # comoving Mpc/h
+    v_cut: float = 2500.0  # km/s
+    min_members: int = 10
+    log10_mstar_min: float = 9.5  # Msun
+    host_log10_m200c_min: float = 13.5  # Msun/h
+    extra_directions: int = 0
+    extra_log10_m200c_min: float = 14.5  # Msun/h
+    los_seed: int = 0
+    regions_per_side: int = 4
+    workers: int = 2
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: Path = Path("runs/default")
 
@@ -65,11 +91,12 @@ class RunConfig:
     snapshot: Snapshot | None = None
     input: InputConfig | None = None
     synth: SynthSection = field(default_factory=SynthSection)
+    observe: ObserveSection = field(default_factory=ObserveSection)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: str = "<defaults>"
 
 
-_SECTIONS = {"snapshot", "input", "synth", "output"}
+_SECTIONS = {"snapshot", "input", "synth", "observe", "output"}
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -109,10 +136,11 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
     synth = SynthSection(**_typed(_table(data, "synth", source), SynthSection, f"{source} [synth]"))
     if synth.box_size <= 0 or synth.workers < 1:
         raise ConfigError(f"{source} [synth]: box_size must be > 0 Mpc/h and workers >= 1")
+    observe = ObserveSection(**_typed(_table(data, "observe", source), ObserveSection, f"{source} [observe]"))
     out_values = _typed(_table(data, "output", source), OutputConfig, f"{source} [output]")
     if "dir" in out_values:
         out_values["dir"] = Path(out_values["dir"])
-    return RunConfig(snap, inp, synth, OutputConfig(**out_values), source)
+    return RunConfig(snap, inp, synth, observe, OutputConfig(**out_values), source)
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:

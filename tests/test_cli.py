@@ -70,12 +70,15 @@ def test_debug_shows_traceback(tmp_path):
 
 def test_run_default_pipeline_on_a_small_box(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[synth]\nbox_size = 60.0\nlog10_mmin = 11.5\nworkers = 1\n[output]\ndir = "unused"\n')
+    cfg.write_text("[synth]\nbox_size = 110.0\nlog10_mmin = 11.5\nworkers = 1\n[observe]\nmin_members = 5\n"
+                   "regions_per_side = 2\n[output]\ndir = \"unused\"\n")
     code, out, _ = run_cli(capsys, "run", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
     assert code == 0 and "run directory" in out
     summary = json.loads((tmp_path / "run" / "ingest" / "summary.json").read_text())
     assert summary["halos"]["rows"] > summary["halos"]["distinct"] > 0
-    assert summary["galaxies"]["rows"] > 0 and summary["snapshot"]["box_size"] == 60.0
+    assert summary["galaxies"]["rows"] > 0 and summary["snapshot"]["box_size"] == 110.0
+    assert summary["observations"]["kept"] > 0
+    assert (tmp_path / "run" / "members.h5").exists() and not (tmp_path / "run" / ".scratch").exists()
 
 
 @pytest.mark.parametrize(
@@ -100,3 +103,20 @@ def test_config_errors(tmp_path, text, message):
 def test_config_defaults_and_snapshot():
     cfg = parse_config({"snapshot": {"box_size": 1000, "scale_factor": 0.8951, "cosmology": "mdpl2"}})
     assert cfg.snapshot.box_size == 1000.0 and cfg.synth.box_size == 400.0 and cfg.input is None
+
+
+def test_observe_command_writes_table_and_members(tmp_path, capsys):
+    code, _, _ = run_cli(capsys, "synth", "--out", str(tmp_path / "box"), "--box-size", "110", "--log10-mmin", "11.5",
+                         "--quiet", "--workers", "1")
+    assert code == 0
+    code, out, err = run_cli(capsys, "observe", "--halos", str(tmp_path / "box" / "halos.h5"), "--galaxies",
+                             str(tmp_path / "box" / "galaxies.h5"), "--out", str(tmp_path / "obs"), "--quiet",
+                             "--regions", "2", "--min-members", "5")
+    assert code == 0, err
+    assert "observations:" in out and "dropped with < 5 members" in out
+    assert (tmp_path / "obs" / "members.h5").exists()
+    assert list((tmp_path / "obs" / "observations").glob("part-*.parquet"))
+    code, _, err = run_cli(capsys, "observe", "--halos", str(tmp_path / "box" / "halos.h5"), "--galaxies",
+                           str(tmp_path / "box" / "galaxies.h5"), "--out", str(tmp_path / "obs2"), "--v-cut", "9000")
+    assert code == 2 and "deeper than half the 110 Mpc/h box" in err and err.count("\n") == 1
+    assert not (tmp_path / "obs2").exists()
