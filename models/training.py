@@ -1,0 +1,131 @@
+"""Training one network: optax, one jitted ``lax.scan`` per epoch, early stopping that keeps the best weights.
+
+``fit(spec, x_train=..., y_train=..., x_val=..., y_val=..., train=..., seed=...) -> (params, history)``.
+Inputs are standardised float32 arrays; the loss is the mean negative log-likelihood (nats per observation, in
+standardised target units) for density models and the mean squared error for the ``mse`` baseline. The same seed
+gives the same weights on the same machine. Arrays live on JAX's default device: on a machine with a GPU and
+``jax[cuda12]`` installed, training runs there with no code change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from models.densities import log_prob
+from models.networks import Network, init_params
+from models.spec import History, ModelSpec, TrainSpec
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+
+
+def make_optimizer(train: TrainSpec, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Gradient clipping + Adam(W) with a cosine learning-rate decay over ``max_epochs``."""
+    schedule = optax.cosine_decay_schedule(
+        train.learning_rate, decay_steps=max(1, train.max_epochs * steps_per_epoch), alpha=train.final_lr_fraction
+    )
+    if train.optimizer == "adamw":
+        opt = optax.adamw(schedule, weight_decay=train.weight_decay)
+    else:
+        opt = optax.adam(schedule)
+    return optax.chain(optax.clip_by_global_norm(train.grad_clip), opt)
+
+
+def loss_fn(spec: ModelSpec, params: Any, x: jax.Array, y: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Mean NLL (density models) or mean squared error (mse), standardised units."""
+    deterministic = key is None or spec.dropout == 0.0
+    rngs = None if deterministic else {"dropout": key}
+    out = Network(spec).apply({"params": params}, x, deterministic=deterministic, rngs=rngs)
+    if spec.is_density:
+        return -jnp.mean(log_prob(spec, out, y))
+    return jnp.mean((out - y) ** 2)
+
+
+@partial(jax.jit, static_argnames=("spec", "opt", "batch_size", "n_batches"))
+def _epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array, *, spec: ModelSpec,
+           opt: optax.GradientTransformation, batch_size: int, n_batches: int) -> tuple[TrainState, jax.Array]:
+    perm_key, drop_key = jax.random.split(key)
+    perm = jax.random.permutation(perm_key, x.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
+    drop_keys = jax.random.split(drop_key, n_batches)
+
+    def step(st: TrainState, inputs):
+        idx, dkey = inputs
+        loss, grads = jax.value_and_grad(partial(loss_fn, spec))(st.params, x[idx], y[idx], dkey)
+        updates, opt_state = opt.update(grads, st.opt_state, st.params)
+        return TrainState(optax.apply_updates(st.params, updates), opt_state), loss
+
+    state, losses = jax.lax.scan(step, state, (perm, drop_keys))
+    return state, jnp.mean(losses)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _eval_loss(params: Any, x: jax.Array, y: jax.Array, *, spec: ModelSpec) -> jax.Array:
+    return loss_fn(spec, params, x, y, None) * x.shape[0]
+
+
+def evaluate(spec: ModelSpec, params: Any, x: np.ndarray, y: np.ndarray, chunk: int = 65536) -> float:
+    """Mean loss over a data set, in chunks of a fixed size (one compilation)."""
+    total, n = 0.0, len(x)
+    for start in range(0, n, chunk):
+        xb, yb = x[start:start + chunk], y[start:start + chunk]
+        total += float(_eval_loss(params, jnp.asarray(xb), jnp.asarray(yb), spec=spec))
+    return total / max(n, 1)
+
+
+def fit(
+    spec: ModelSpec,
+    *,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    train: TrainSpec,
+    seed: int,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> tuple[Any, History]:
+    """Train one network; return the parameters of the epoch with the lowest validation loss, and the history.
+
+    ``progress(epoch, train_loss, val_loss)`` is called after every epoch.
+    """
+    start = time.perf_counter()
+    x = jnp.asarray(x_train, dtype=jnp.float32)
+    y = jnp.asarray(y_train, dtype=jnp.float32)
+    xv = np.asarray(x_val, dtype=np.float32)
+    yv = np.asarray(y_val, dtype=np.float32)
+    n = x.shape[0]
+    batch = min(train.batch_size, n)
+    n_batches = max(1, n // batch)
+    opt = make_optimizer(train, n_batches)
+    key = jax.random.PRNGKey(seed)
+    key, init_key = jax.random.split(key)
+    params = init_params(spec, x.shape[1], init_key)
+    state = TrainState(params, opt.init(params))
+    best_params, best_val, best_epoch, waited = params, np.inf, -1, 0
+    train_hist: list[float] = []
+    val_hist: list[float] = []
+    for epoch in range(train.max_epochs):
+        key, epoch_key = jax.random.split(key)
+        state, tr = _epoch(state, x, y, epoch_key, spec=spec, opt=opt, batch_size=batch, n_batches=n_batches)
+        val = evaluate(spec, state.params, xv, yv)
+        train_hist.append(float(tr))
+        val_hist.append(val)
+        if progress is not None:
+            progress(epoch, float(tr), val)
+        if np.isfinite(val) and val < best_val - 1e-5:
+            best_params, best_val, best_epoch, waited = state.params, val, epoch, 0
+        else:
+            waited += 1
+            if waited >= train.patience:
+                break
+    history = History(tuple(train_hist), tuple(val_hist), best_epoch, time.perf_counter() - start)
+    return best_params, history

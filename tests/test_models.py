@@ -1,0 +1,225 @@
+"""Models and training: a toy problem with a known conditional density, ensembles, model files, baselines."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from models.io import load_model, save_model
+from models.model import host_split, log_prob, log_prob_grid, predict_point, train_model
+from models.msigma import fit_msigma
+from models.prior import TrainingPrior
+from models.spec import ModelSpec, TrainSpec
+from models.training import evaluate, fit
+from pipeline.errors import ConfigError, InputError
+
+A = 1.5 * np.log(10)  # p(y) ∝ 10^(-1.5 y): a steep "mass function" on [0, 1.5]
+
+
+def toy(n: int, seed: int):
+    """y from a steep power law; x = (y + heteroscedastic noise, y^2 + noise)."""
+    rng = np.random.default_rng(seed)
+    y = -np.log(1 - rng.uniform(size=n) * (1 - np.exp(-A * 1.5))) / A
+    x = np.column_stack([y + (0.05 + 0.15 * y) * rng.normal(size=n), y**2 + 0.1 * rng.normal(size=n)])
+    return x, y
+
+
+def true_log_posterior(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """log p(y | x), exact up to quadrature on a fine grid."""
+    def like(yy, xx):
+        s = 0.05 + 0.15 * yy
+        return np.exp(-0.5 * ((xx[:, :1] - yy) / s) ** 2) / s * np.exp(-0.5 * ((xx[:, 1:] - yy**2) / 0.1) ** 2)
+    g = np.linspace(0, 1.5, 3001)[None, :]
+    evidence = np.trapezoid(np.exp(-A * g) * like(g, x), g[0], axis=1)
+    return np.log(np.exp(-A * y) * like(y[:, None], x)[:, 0] / evidence)
+
+
+TOY_TRAIN = TrainSpec(ensemble=1, batch_size=512, max_epochs=150, patience=15, learning_rate=3e-3)
+SPECS = {
+    "mdn": ModelSpec(kind="mdn", hidden=(64, 64), n_components=5),
+    "flow": ModelSpec(kind="flow", hidden=(64, 64), n_bins=8),
+}
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    x, y = toy(40_000, 0)
+    xt, yt = toy(20_000, 1)
+    return x, y, xt, yt
+
+
+@pytest.fixture(scope="module")
+def trained(toy_data):
+    x, y, _, _ = toy_data
+    out = {}
+    for kind, spec in SPECS.items():
+        out[kind] = train_model(x, y, np.arange(len(y)), feature_names=["a", "b"], spec=spec, train=TOY_TRAIN)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_density_models_reach_the_true_conditional_nll(kind, trained, toy_data):
+    _, _, xt, yt = toy_data
+    model, histories = trained[kind]
+    nll_model = -np.mean(log_prob(model, xt, yt))
+    nll_true = -np.mean(true_log_posterior(xt, yt))
+    assert nll_model - nll_true < 0.02, (kind, nll_model, nll_true)
+    assert histories[0].best_epoch >= 0 and len(histories[0].val_loss) <= TOY_TRAIN.max_epochs
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_grid_density_is_normalised_and_matches_pointwise(kind, trained, toy_data):
+    _, _, xt, yt = toy_data
+    model, _ = trained[kind]
+    grid = np.linspace(-2.0, 3.5, 2201)
+    lp = log_prob_grid(model, xt[:300], grid, chunk=128)
+    np.testing.assert_allclose(np.trapezoid(np.exp(lp), grid, axis=1), 1.0, atol=2e-3)
+    at = log_prob_grid(model, xt[:5], yt[:5])  # grid = the labels themselves
+    np.testing.assert_allclose(np.diag(at), log_prob(model, xt[:5], yt[:5]), rtol=1e-4, atol=1e-4)
+
+
+def test_ensemble_of_one_equals_the_single_model(trained, toy_data):
+    x, y, _xt, _yt = toy_data
+    model, _ = trained["mdn"]
+    val = host_split(np.arange(len(y)), TOY_TRAIN.validation_fraction, TOY_TRAIN.seed)
+    xs, ys = model.x_scaler.transform(x), model.y_scaler.transform(y)
+    params, _ = fit(SPECS["mdn"], x_train=xs[~val], y_train=ys[~val], x_val=xs[val], y_val=ys[val], train=TOY_TRAIN,
+                    seed=TOY_TRAIN.seed)
+    same = jax.tree_util.tree_map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), params, model.members[0])
+    assert jax.tree_util.tree_all(same)  # same seed: identical weights
+
+
+def test_ensemble_predictive_is_the_equal_weight_mixture(toy_data):
+    x, y, xt, yt = toy_data
+    spec = ModelSpec(kind="mdn", hidden=(16,), n_components=2)
+    train = TrainSpec(ensemble=3, max_epochs=3, patience=3, batch_size=1024)
+    model, hist = train_model(x[:5000], y[:5000], np.arange(5000), feature_names=["a", "b"], spec=spec, train=train)
+    assert len(model.members) == 3 and len(hist) == 3
+    singles = [log_prob(model.__class__(**{**model.__dict__, "members": (p,)}), xt[:50], yt[:50])
+               for p in model.members]
+    expected = np.logaddexp.reduce(np.stack(singles), axis=0) - np.log(3)
+    np.testing.assert_allclose(log_prob(model, xt[:50], yt[:50]), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(singles[0], singles[1])  # members differ (seeds, data order)
+
+
+def test_early_stopping_keeps_the_best_epoch(toy_data):
+    x, y, _, _ = toy_data
+    spec = ModelSpec(kind="mdn", hidden=(32,), n_components=3)
+    train = TrainSpec(ensemble=1, max_epochs=40, patience=5, learning_rate=5e-2, batch_size=256)
+    model, (hist,) = train_model(x[:4000], y[:4000], np.arange(4000) // 3, feature_names=["a", "b"], spec=spec,
+                                 train=train)
+    assert hist.best_epoch == int(np.argmin(hist.val_loss))
+    val = host_split(np.arange(4000) // 3, train.validation_fraction, train.seed)
+    xs, ys = model.x_scaler.transform(x[:4000]), model.y_scaler.transform(y[:4000])
+    assert evaluate(spec, model.members[0], xs[val], ys[val]) == pytest.approx(min(hist.val_loss), rel=1e-5)
+
+
+def test_host_split_keeps_lines_of_sight_together():
+    cid = np.repeat(np.arange(500), 3)
+    val = host_split(cid, 0.2, seed=4)
+    assert not set(cid[val]) & set(cid[~val])
+    assert abs(val.mean() - 0.2) < 0.01
+
+
+def test_scalers_use_the_training_split_only(trained, toy_data):
+    x, y, _, _ = toy_data
+    model, _ = trained["mdn"]
+    val = host_split(np.arange(len(y)), TOY_TRAIN.validation_fraction, TOY_TRAIN.seed)
+    np.testing.assert_allclose(model.x_scaler.mean, x[~val].mean(axis=0))
+    assert model.y_mean == pytest.approx(y[~val].mean())
+    assert model.training_prior.n_train == (~val).sum()
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_save_and_load_give_bit_identical_predictions(tmp_path, kind, trained, toy_data):
+    _, _, xt, _yt = toy_data
+    model, hist = trained[kind]
+    save_model(tmp_path / "m", model, histories=hist)
+    back = load_model(tmp_path / "m", features=["a", "b"])
+    grid = np.linspace(0, 1.5, 64)
+    np.testing.assert_array_equal(log_prob_grid(back, xt[:100], grid), log_prob_grid(model, xt[:100], grid))
+    assert back.training_prior == model.training_prior and back.spec == model.spec
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["features"] == ["a", "b"] and meta["versions"]["jax"] and len(meta["training_data_sha256"]) == 64
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_corrupted_or_mismatched_model_files_are_refused(tmp_path, trained):
+    model, hist = trained["mdn"]
+    d = save_model(tmp_path / "m", model, histories=hist)
+    with pytest.raises(InputError, match=r"features do not match the model's \(missing \['b'\], unexpected \['c'\]\)"):
+        load_model(d, features=["a", "c"])
+    with pytest.raises(InputError, match="same names, different order"):
+        load_model(d, features=["b", "a"])
+    blob = bytearray((d / "member-0.msgpack").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (d / "member-0.msgpack").write_bytes(bytes(blob))
+    with pytest.raises(InputError, match=r"member-0\.msgpack: checksum mismatch"):
+        load_model(d)
+    d = save_model(tmp_path / "m2", model, histories=hist)
+    meta = json.loads((d / "model.json").read_text())
+    meta["model"]["hidden"] = [32, 32]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"parameters do not fit the described network|shapes do not match"):
+        load_model(d)
+    (d / "model.json").write_text("{not json")
+    with pytest.raises(InputError, match="is not valid JSON"):
+        load_model(d)
+    with pytest.raises(InputError, match="not a clustermass model directory"):
+        load_model(tmp_path)
+
+
+def test_mse_baseline_learns_the_posterior_mean(toy_data):
+    x, y, xt, _yt = toy_data
+    model, _ = train_model(x, y, np.arange(len(y)), feature_names=["a", "b"],
+                           spec=ModelSpec(kind="mse", hidden=(64, 64)), train=TOY_TRAIN)
+    g = np.linspace(0, 1.5, 3001)
+    post = np.exp(np.stack([true_log_posterior(xt[:500], np.full(500, v)) for v in g[::10]], axis=1))
+    mean = np.trapezoid(post * g[::10], g[::10], axis=1) / np.trapezoid(post, g[::10], axis=1)
+    pred = predict_point(model, xt[:500])
+    assert np.sqrt(np.mean((pred - mean) ** 2)) < 0.03
+    with pytest.raises(ValueError, match="predicts points"):
+        log_prob_grid(model, xt[:2], g)
+
+
+def test_mc_dropout_predictive_is_normalised(toy_data):
+    x, y, xt, _ = toy_data
+    spec = ModelSpec(kind="mdn", hidden=(32, 32), n_components=3, dropout=0.1)
+    model, _ = train_model(x[:6000], y[:6000], np.arange(6000), feature_names=["a", "b"], spec=spec,
+                           train=TrainSpec(ensemble=1, max_epochs=5, mc_samples=8, batch_size=512))
+    grid = np.linspace(-2, 3.5, 1101)
+    lp = log_prob_grid(model, xt[:20], grid)
+    np.testing.assert_allclose(np.trapezoid(np.exp(lp), grid, axis=1), 1.0, atol=3e-3)
+
+
+def test_msigma_fit_recovers_a_known_slope():
+    rng = np.random.default_rng(3)
+    logm = rng.uniform(13.5, 15.0, 5000)
+    sigma = 10 ** ((logm - 14.0) / 3.0 + np.log10(600) + rng.normal(0, 0.02, 5000))
+    fitted = fit_msigma(sigma, logm)
+    assert fitted.slope == pytest.approx(3.0, abs=0.1)
+    assert fitted.predict(np.array([600.0]))[0] == pytest.approx(14.0, abs=0.02)
+    with pytest.raises(ValueError, match="equal shape"):
+        fit_msigma(sigma, logm[:-1])
+
+
+def test_training_prior_integrates_to_one_and_follows_the_labels():
+    y = np.random.default_rng(0).uniform(13.5, 15.0, 20000)
+    prior = TrainingPrior.estimate(y)
+    g = np.asarray(prior.grid)
+    assert np.trapezoid(prior.density, g) == pytest.approx(1.0, abs=1e-6)
+    inner = (g > 13.7) & (g < 14.8)
+    np.testing.assert_allclose(np.asarray(prior.density)[inner], 1 / 1.5, rtol=0.08)
+    assert prior(np.array([10.0]))[0] == 0.0
+
+
+def test_specs_validate():
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        ModelSpec(kind="gp")
+    with pytest.raises(ConfigError, match="dropout"):
+        ModelSpec(dropout=1.5)
+    with pytest.raises(ConfigError, match="validation_fraction"):
+        TrainSpec(validation_fraction=0.0)
