@@ -1,7 +1,8 @@
 """The pipeline run behind ``clustermass run``: the synthetic box (or the configured catalogs), then ingest.
 
 Stages written so far: synth -> ingest (read, unit-normalise, validate, summarise) -> features (mock
-observations and member arrays). Later stages (training, inference, catalogs) are added here as they land, then
+observations and member arrays) -> train (MDN, flow, MSE baselines, M-sigma). Later stages (inference, catalogs,
+validation) are added here as they land, then
 wrapped as Prefect tasks.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 from features.cylinder import CylinderSpec, LineOfSightSpec
 from features.io import write_observations
 from features.observe import ObservationConfig, make_observations
+from flows.train import train_stage
 from ingest.catalog import Catalog, read_galaxies, read_halos
 from ingest.synth.box import SynthConfig
 from ingest.synth.synthesize import output_paths, synthesize
@@ -58,10 +60,15 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, quiet: bool 
     obs_dir, members_path = write_observations(out, obs)
     timings["features"] = time.perf_counter() - t0
     summary["observations"] = {"kept": len(obs.table), "dropped": obs.dropped, "hosts": obs.n_hosts}
+    t0 = time.perf_counter()
+    summary["training"] = train_stage(obs.table, config.train, out / "model", quiet=quiet)
+    timings["train"] = time.perf_counter() - t0
     summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     _write_json(summary_path, summary)
-    summary["outputs"] = {"halos": str(halos_path), "galaxies": str(galaxies_path), "summary": str(summary_path),
-                          "observations": str(obs_dir), "members": str(members_path)}
+    summary["outputs"] = {
+        "halos": str(halos_path), "galaxies": str(galaxies_path), "summary": str(summary_path),
+        "observations": str(obs_dir), "members": str(members_path), "model": str(out / "model"),
+    }
     if not quiet:
         for stage, secs in timings.items():
             print(f"stage {stage:8s} {secs:7.1f} s")

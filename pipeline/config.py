@@ -31,6 +31,12 @@ Sections (all optional; the defaults describe the embedded synthetic box)::
     regions_per_side = 4
     workers = 2
 
+    [train]
+    models = ["mdn", "flow", "mse"]   # the M-sigma power law is always fitted too
+    test_fraction = 0.25  # hosts held out from training, for validation
+    ensemble = 3          # deep-ensemble members per model
+    hidden = [128, 128, 64]
+
     [output]
     dir = "runs/default"
 """
@@ -82,6 +88,27 @@ class ObserveSection:
 
 
 @dataclass(frozen=True)
+class TrainSection:
+    """Training (models/): which models, their architecture and optimisation."""
+
+    models: list[str] = field(default_factory=lambda: ["mdn", "flow", "mse"])
+    features: list[str] = field(default_factory=list)  # empty: every feature of the table
+    test_fraction: float = 0.25  # hosts held out for validation (never seen in training)
+    hidden: list[int] = field(default_factory=lambda: [128, 128, 64])
+    n_components: int = 10
+    n_bins: int = 16
+    dropout: float = 0.0
+    ensemble: int = 3
+    mc_samples: int = 1
+    batch_size: int = 1024
+    max_epochs: int = 300
+    patience: int = 25
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: Path = Path("runs/default")
 
@@ -92,11 +119,12 @@ class RunConfig:
     input: InputConfig | None = None
     synth: SynthSection = field(default_factory=SynthSection)
     observe: ObserveSection = field(default_factory=ObserveSection)
+    train: TrainSection = field(default_factory=TrainSection)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: str = "<defaults>"
 
 
-_SECTIONS = {"snapshot", "input", "synth", "observe", "output"}
+_SECTIONS = {"snapshot", "input", "synth", "observe", "train", "output"}
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -137,10 +165,16 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
     if synth.box_size <= 0 or synth.workers < 1:
         raise ConfigError(f"{source} [synth]: box_size must be > 0 Mpc/h and workers >= 1")
     observe = ObserveSection(**_typed(_table(data, "observe", source), ObserveSection, f"{source} [observe]"))
+    train = TrainSection(**_typed(_table(data, "train", source), TrainSection, f"{source} [train]"))
+    unknown_models = sorted(set(train.models) - {"mdn", "flow", "mse"})
+    if unknown_models or not train.models:
+        raise ConfigError(f"{source} [train]: models must be some of ['mdn', 'flow', 'mse'], got {train.models}")
+    if not 0.0 < train.test_fraction < 1.0:
+        raise ConfigError(f"{source} [train]: test_fraction must be in (0, 1), got {train.test_fraction}")
     out_values = _typed(_table(data, "output", source), OutputConfig, f"{source} [output]")
     if "dir" in out_values:
         out_values["dir"] = Path(out_values["dir"])
-    return RunConfig(snap, inp, synth, observe, OutputConfig(**out_values), source)
+    return RunConfig(snap, inp, synth, observe, train, OutputConfig(**out_values), source)
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -151,6 +185,7 @@ def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
 
 
 _TYPES = {float: (int, float), int: (int,), str: (str,), Path: (str,)}
+_LISTS = {"list[str]": str, "list[int]": int}
 
 
 def _typed(values: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
@@ -160,7 +195,13 @@ def _typed(values: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(spec)}")
     hints = {"float": float, "int": int, "str": str, "Path": Path, "str | None": str}
     for key, value in values.items():
-        kind = hints.get(str(spec[key].type), str)
+        hint = str(spec[key].type)
+        if hint in _LISTS:
+            item = _LISTS[hint]
+            if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, item) for v in value):
+                raise ConfigError(f"{where}: '{key}' must be a list of {item.__name__}, got {value!r}")
+            continue
+        kind = hints.get(hint, str)
         if isinstance(value, bool) or not isinstance(value, _TYPES[kind]):
             raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
         if kind is float:
