@@ -120,3 +120,30 @@ def test_observe_command_writes_table_and_members(tmp_path, capsys):
                            str(tmp_path / "box" / "galaxies.h5"), "--out", str(tmp_path / "obs2"), "--v-cut", "9000")
     assert code == 2 and "deeper than half the 110 Mpc/h box" in err and err.count("\n") == 1
     assert not (tmp_path / "obs2").exists()
+
+
+def test_train_command_holds_out_test_hosts(tmp_path, capsys):
+    run_cli(capsys, "synth", "--out", str(tmp_path / "box"), "--box-size", "110", "--log10-mmin", "11.5", "--quiet",
+            "--workers", "1")
+    code, _, err = run_cli(capsys, "observe", "--halos", str(tmp_path / "box" / "halos.h5"), "--galaxies",
+                           str(tmp_path / "box" / "galaxies.h5"), "--out", str(tmp_path / "obs"), "--quiet",
+                           "--min-members", "3")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "train", "--observations", str(tmp_path / "obs"), "--out", str(tmp_path / "m"),
+                             "--kind", "mdn", "--kind", "mse", "--ensemble", "2", "--max-epochs", "3", "--quiet")
+    assert code == 0, err
+    assert "mdn" in out and "msigma" in out
+    from features.io import read_observations
+    from models.io import load_model
+
+    table = read_observations(tmp_path / "obs")[0].compute()
+    split = json.loads((tmp_path / "m" / "split.json").read_text())
+    test_hosts = set(split["test_cluster_ids"])
+    assert test_hosts and test_hosts < set(table.cluster_id)
+    n_train = int((~table.cluster_id.isin(test_hosts)).sum())
+    model = load_model(tmp_path / "m" / "mdn")
+    assert model.split["train_rows"] + model.split["val_rows"] == n_train
+    assert len(model.members) == 2
+    assert json.loads((tmp_path / "m" / "msigma.json").read_text())["feature"] == "sigma_v_std"
+    code, _, err = run_cli(capsys, "train", "--observations", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
+    assert code == 2 and "no mock observations here" in err
