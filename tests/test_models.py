@@ -199,9 +199,14 @@ def test_msigma_fit_recovers_a_known_slope():
     rng = np.random.default_rng(3)
     logm = rng.uniform(13.5, 15.0, 5000)
     sigma = 10 ** ((logm - 14.0) / 3.0 + np.log10(600) + rng.normal(0, 0.02, 5000))
-    fitted = fit_msigma(sigma, logm)
-    assert fitted.slope == pytest.approx(3.0, abs=0.1)
-    assert fitted.predict(np.array([600.0]))[0] == pytest.approx(14.0, abs=0.02)
+    for method in ("scaling", "ols"):
+        fitted = fit_msigma(sigma, logm, method=method)
+        assert fitted.slope == pytest.approx(3.0, abs=0.1)
+        assert fitted.predict(np.array([600.0]))[0] == pytest.approx(14.0, abs=0.02)
+    # with a noisy sigma the OLS slope is diluted toward 0; the scaling fit is not (noise is in sigma, not M)
+    noisy = 10 ** ((logm - 14.0) / 3.0 + np.log10(600) + rng.normal(0, 0.1, 5000))
+    assert fit_msigma(noisy, logm).slope == pytest.approx(3.0, abs=0.1)
+    assert fit_msigma(noisy, logm, method="ols").slope < 2.3  # diluted by var(signal) / var(total) ~ 0.68
     with pytest.raises(ValueError, match="equal shape"):
         fit_msigma(sigma, logm[:-1])
 

@@ -1,0 +1,85 @@
+"""Validation plots (PNG). matplotlib with the Agg backend; nothing here computes a metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def predicted_vs_true(true: np.ndarray, estimates: dict[str, np.ndarray], path: Path) -> Path:
+    """The seed lecture's plot: estimate vs truth with the 1:1 line, one panel per method."""
+    n = len(estimates)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), sharex=True, sharey=True, squeeze=False)
+    lo, hi = float(np.nanmin(true)) - 0.1, float(np.nanmax(true)) + 0.1
+    for ax, (name, est) in zip(axes[0], estimates.items(), strict=True):
+        ax.hexbin(true, est, gridsize=45, extent=(lo, hi, lo, hi), bins="log", cmap="viridis", mincnt=1)
+        ax.plot([lo, hi], [lo, hi], "w--", lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(r"true $\log_{10} M_{200c}$ [$h^{-1} M_\odot$]")
+    axes[0][0].set_ylabel(r"estimated $\log_{10} M_{200c}$")
+    return _save(fig, path)
+
+
+def bias_scatter_by_bin(by_method: dict[str, list[dict]], path: Path) -> Path:
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True)
+    for name, rows in by_method.items():
+        mid = np.array([0.5 * (r["lo"] + r["hi"]) for r in rows])
+        bias = np.array([r["bias"] for r in rows])
+        se = np.array([r["bias_se"] for r in rows])
+        scatter = np.array([r["scatter"] for r in rows])
+        a1.errorbar(mid, bias, yerr=se, marker="o", ms=3, capsize=2, label=name)
+        a2.plot(mid, scatter, marker="o", ms=3, label=name)
+    a1.axhline(0, color="k", lw=0.8)
+    a1.axhspan(-0.02, 0.02, color="0.85", zorder=0)
+    a1.set_ylabel("bias [dex]")
+    a2.set_ylabel("scatter [dex]")
+    a2.set_xlabel(r"true $\log_{10} M_{200c}$ [$h^{-1} M_\odot$]")
+    a1.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def coverage_curve(levels: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    for name, cov in curves.items():
+        ax.plot(levels, cov, marker="o", ms=3, label=name)
+    ax.set_xlabel("credible level")
+    ax.set_ylabel("coverage")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def pit_histograms(hists: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, (counts, edges) in hists.items():
+        ax.stairs(counts, edges, label=name)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("PIT")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def example_posteriors(grid: np.ndarray, pdfs: np.ndarray, raw: np.ndarray, true: np.ndarray, path: Path) -> Path:
+    n = len(true)
+    fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 2.8), squeeze=False)
+    for ax, p, q, t in zip(axes[0], pdfs, raw, true, strict=True):
+        ax.plot(grid, p, label="corrected")
+        ax.plot(grid, q, ls=":", label="uncorrected")
+        ax.axvline(t, color="k", lw=0.8)
+        ax.set_xlabel(r"$\log_{10} M_{200c}$")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)

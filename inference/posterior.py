@@ -1,0 +1,121 @@
+"""Posteriors on a log10 M200c grid with the interim-prior correction.
+
+The network was trained on NLL, so it learned q(M | x) ∝ p_train(M) p(x | M), the posterior under the training
+set's own mass distribution. For a target prior:
+
+    p(M | x) ∝ q(M | x) p_target(M) / p_train(M)            (normalised on the grid)
+
+Edge rule: p_train (a KDE of the training labels) falls towards zero at the edges of the training range, where
+the ratio would blow up on noise. It is floored at ``P_TRAIN_FLOOR`` (1e-3) times its maximum before dividing, so
+the correction is at most a factor 1000 and no NaN or inf can appear; everything is computed in log space and
+each row is shifted by its maximum before exponentiating.
+
+Units: log10 M200c in dex of Msun/h; densities per dex.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inference import summaries
+from inference.priors import TargetPrior
+from models.model import TrainedModel, log_prob_grid
+
+P_TRAIN_FLOOR = 1e-3
+SUMMARY_NAMES = ("mode", "median", "mean", "std", "p16", "p84", "p025", "p975")
+
+
+def default_grid(model: TrainedModel, n: int = 512) -> np.ndarray:
+    """``n`` points spanning the training range of log10 M200c (the interim prior's support)."""
+    g = np.asarray(model.training_prior.grid)
+    return np.linspace(g[0], g[-1], n)
+
+
+def p_train_on(model: TrainedModel, grid: np.ndarray) -> np.ndarray:
+    return model.training_prior(np.asarray(grid))
+
+
+def log_prior_ratio(p_train: np.ndarray, prior: TargetPrior) -> np.ndarray:
+    """log p_target - log max(p_train, floor * max p_train), on the grid (G,)."""
+    p = np.asarray(p_train, dtype=np.float64)
+    floor = P_TRAIN_FLOOR * float(np.max(p)) if np.max(p) > 0 else 1e-300
+    return np.asarray(prior.log_density, dtype=np.float64) - np.log(np.maximum(p, floor))
+
+
+@jax.jit
+def normalise(log_p: jax.Array, grid: jax.Array) -> jax.Array:
+    """exp(log_p) normalised per row on the grid; rows that are -inf everywhere become flat."""
+    top = jnp.max(log_p, axis=1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    p = jnp.exp(jnp.where(jnp.isfinite(log_p), log_p - top, -jnp.inf))
+    norm = jnp.trapezoid(p, grid, axis=1)[:, None]
+    flat = jnp.ones_like(p) / (grid[-1] - grid[0])
+    return jnp.where(norm > 0, p / jnp.where(norm > 0, norm, 1.0), flat)
+
+
+@partial(jax.jit, static_argnames=())
+def posterior_block(log_q: jax.Array, log_ratio: jax.Array, grid: jax.Array) -> dict[str, jax.Array]:
+    """Corrected and uncorrected posteriors of a block and their summaries.
+
+    ``log_q``: (B, G) network log densities; ``log_ratio``: (G,) from :func:`log_prior_ratio`.
+    Returns ``pdf`` (B, G) corrected, the corrected summaries (:data:`SUMMARY_NAMES`) and ``uncorrected_mode``,
+    ``uncorrected_mean``.
+    """
+    pdf = normalise(log_q + log_ratio[None, :], grid)
+    raw = normalise(log_q, grid)
+    q = summaries.quantiles(grid, pdf, (0.025, 0.16, 0.5, 0.84, 0.975))
+    mean, std = summaries.mean_std(grid, pdf)
+    raw_mean, _ = summaries.mean_std(grid, raw)
+    return {
+        "pdf": pdf,
+        "mode": summaries.mode(grid, pdf),
+        "median": q[:, 2],
+        "mean": mean,
+        "std": std,
+        "p16": q[:, 1],
+        "p84": q[:, 3],
+        "p025": q[:, 0],
+        "p975": q[:, 4],
+        "uncorrected_mode": summaries.mode(grid, raw),
+        "uncorrected_mean": raw_mean,
+    }
+
+
+@dataclass(frozen=True)
+class PosteriorBlock:
+    """Rows ``start:start + len`` of the posteriors: ``pdf`` (b, G) and summaries (b,), numpy float32."""
+
+    start: int
+    pdf: np.ndarray
+    values: dict[str, np.ndarray]
+
+
+def iter_posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,
+                    chunk: int = 1024) -> Iterator[PosteriorBlock]:
+    """Posteriors of raw feature rows ``x`` (N, F) under ``prior``, block by block (memory: one block)."""
+    ratio = jnp.asarray(log_prior_ratio(p_train_on(model, grid), prior), dtype=jnp.float32)
+    g = jnp.asarray(grid, dtype=jnp.float32)
+    for start in range(0, len(x), chunk):
+        xb = x[start:start + chunk]
+        log_q = log_prob_grid(model, xb, grid, chunk=chunk)
+        out = posterior_block(jnp.asarray(log_q), ratio, g)
+        values = {k: np.asarray(v, dtype=np.float32) for k, v in out.items() if k != "pdf"}
+        yield PosteriorBlock(start, np.asarray(out["pdf"], dtype=np.float32), values)
+
+
+def posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,
+               chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """All posteriors in memory: pdf (N, G) and summaries (N,) — for modest N; use :func:`iter_posteriors` else."""
+    pdfs, vals = [], []
+    for block in iter_posteriors(model, x, grid, prior, chunk=chunk):
+        pdfs.append(block.pdf)
+        vals.append(block.values)
+    if not pdfs:
+        return np.empty((0, len(grid)), np.float32), {}
+    return np.concatenate(pdfs), {k: np.concatenate([v[k] for v in vals]) for k in vals[0]}

@@ -1,0 +1,103 @@
+"""Target priors over log10 M200c [Msun/h] for the interim-prior correction, tabulated on the posterior grid.
+
+``flat`` (uniform in log10 M; the default), ``tinker08`` (the halo mass function dn/dlog10 M at the snapshot
+redshift, via colossus), ``training`` (the model's own p_train: no correction), or a user table of two columns
+(log10 M200c, density). Densities are per dex and need not be normalised.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cosmology import colossus_cosmology
+from pipeline.errors import ConfigError, InputError
+from pipeline.snapshot import Snapshot
+
+BUILTIN = ("flat", "tinker08", "training")
+
+
+@dataclass(frozen=True)
+class TargetPrior:
+    """A prior tabulated on ``grid``: ``log_density`` (natural log, per dex, up to a constant)."""
+
+    name: str
+    grid: np.ndarray
+    log_density: np.ndarray
+
+
+def flat(grid: np.ndarray) -> TargetPrior:
+    return TargetPrior("flat", np.asarray(grid), np.zeros(len(grid)))
+
+
+def tinker08(grid: np.ndarray, snapshot: Snapshot) -> TargetPrior:
+    """dn/dlog10 M200c of Tinker et al. (2008) at the snapshot's redshift and cosmology (colossus)."""
+    from colossus.lss import mass_function
+
+    m = 10.0 ** np.asarray(grid, dtype=np.float64)
+    with colossus_cosmology(snapshot.cosmology):
+        dndlnm = mass_function.massFunction(m, snapshot.redshift, mdef="200c", model="tinker08", q_out="dndlnM")
+    return TargetPrior("tinker08", np.asarray(grid), np.log(np.maximum(dndlnm * np.log(10.0), 1e-300)))
+
+
+def training(grid: np.ndarray, p_train: np.ndarray) -> TargetPrior:
+    """The training distribution itself: the corrected posterior equals the network's."""
+    return TargetPrior("training", np.asarray(grid), np.log(np.maximum(p_train, 1e-300)))
+
+
+def from_table(path: str | os.PathLike[str], grid: np.ndarray) -> TargetPrior:
+    """A user prior from a two-column text/CSV/ECSV table: log10 M200c [Msun/h], density (>= 0, per dex).
+
+    The table must cover the whole grid; it is interpolated linearly onto it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "prior table not found")
+    try:
+        from astropy.table import Table
+
+        table = Table.read(p, format="ascii")
+        cols = table.colnames
+        if len(cols) != 2:
+            raise InputError(p, f"expected two columns (log10 M200c [Msun/h], density), found {len(cols)}: {cols}")
+        x = np.asarray(table[cols[0]], dtype=np.float64)
+        d = np.asarray(table[cols[1]], dtype=np.float64)
+    except InputError:
+        raise
+    except Exception as exc:  # astropy raises many types for unreadable tables
+        raise InputError(p, f"cannot read the prior table ({exc.__class__.__name__}: {exc})") from None
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(d))):
+        raise InputError(p, "prior table has non-finite values", column=cols[1])
+    if np.any(d < 0):
+        row = int(np.flatnonzero(d < 0)[0]) + 1
+        raise InputError(p, f"expected a non-negative density, found {d[row - 1]:g}", column=cols[1], row=row)
+    order = np.argsort(x)
+    x, d = x[order], d[order]
+    if np.any(np.diff(x) <= 0):
+        raise InputError(p, "log10 M values must be distinct", column=cols[0])
+    g = np.asarray(grid, dtype=np.float64)
+    if x[0] > g[0] + 1e-9 or x[-1] < g[-1] - 1e-9:
+        raise InputError(p, f"the table covers log10 M = [{x[0]:g}, {x[-1]:g}], expected the whole grid "
+                            f"[{g[0]:g}, {g[-1]:g}]", column=cols[0])
+    dens = np.interp(g, x, d)
+    if not np.any(dens > 0):
+        raise InputError(p, "the prior is zero everywhere on the grid", column=cols[1])
+    return TargetPrior(f"table:{p.name}", g, np.log(np.maximum(dens, 1e-300)))
+
+
+def resolve(name: str, grid: np.ndarray, *, p_train: np.ndarray, snapshot: Snapshot | None) -> TargetPrior:
+    """A prior by name (``flat``, ``tinker08``, ``training``) or a path to a table."""
+    if name == "flat":
+        return flat(grid)
+    if name == "training":
+        return training(grid, p_train)
+    if name == "tinker08":
+        if snapshot is None:
+            raise ConfigError("the tinker08 prior needs the snapshot (redshift and cosmology)")
+        return tinker08(grid, snapshot)
+    if Path(name).suffix or os.sep in name:
+        return from_table(name, grid)
+    raise ConfigError(f"unknown prior '{name}'; expected one of {list(BUILTIN)} or a two-column table file")
