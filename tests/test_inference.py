@@ -1,0 +1,180 @@
+"""Posterior correction, summaries and calibration against analytic answers."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from inference import calibration, priors
+from inference.posterior import P_TRAIN_FLOOR, log_prior_ratio, normalise, posterior_block
+from inference.summaries import mean_std, mode, pit, quantiles
+from pipeline.cosmology import MDPL2
+from pipeline.errors import ConfigError, InputError
+from pipeline.snapshot import Snapshot
+
+GRID = np.linspace(13.5, 15.2, 512)
+SNAP = Snapshot(1000.0, 0.8951, MDPL2)
+
+
+def p_train_steep(grid):
+    p = 10 ** (-1.5 * (grid - 13.5))
+    return p / np.trapezoid(p, grid)
+
+
+def analytic_q(x, sigma, p_train):
+    """What an ideal NLL-trained network outputs: q(M|x) ∝ p_train(M) N(x; M, sigma)."""
+    like = stats.norm.pdf(x[:, None], GRID[None, :], sigma)
+    q = p_train[None, :] * like
+    return q / np.trapezoid(q, GRID, axis=1)[:, None], like
+
+
+def kl(p, q):
+    p = np.maximum(p, 1e-300)
+    q = np.maximum(q, 1e-300)
+    return np.trapezoid(p * np.log(p / q), GRID, axis=1)
+
+
+@pytest.mark.parametrize("name", ["flat", "tinker08", "training", "table"])
+def test_corrected_posterior_matches_the_analytic_one(tmp_path, name):
+    x = np.array([13.7, 14.0, 14.3, 14.6, 14.9])
+    pt = p_train_steep(GRID)
+    q, like = analytic_q(x, 0.12, pt)
+    if name == "table":
+        path = tmp_path / "prior.csv"
+        m = np.linspace(13.0, 15.5, 200)
+        np.savetxt(path, np.column_stack([m, np.exp(-0.5 * ((m - 14.2) / 0.5) ** 2)]), delimiter=",",
+                   header="log10_m,density", comments="")
+        target = priors.resolve(str(path), GRID, p_train=pt, snapshot=SNAP)
+        prior_vals = np.exp(-0.5 * ((GRID - 14.2) / 0.5) ** 2)
+    else:
+        target = priors.resolve(name, GRID, p_train=pt, snapshot=SNAP)
+        prior_vals = np.exp(target.log_density - target.log_density.max())
+    expected = like * prior_vals[None, :]
+    expected /= np.trapezoid(expected, GRID, axis=1)[:, None]
+    out = posterior_block(jnp.asarray(np.log(q)), jnp.asarray(log_prior_ratio(pt, target)), jnp.asarray(GRID))
+    got = np.asarray(out["pdf"], dtype=np.float64)
+    assert np.all(kl(expected, got) < 0.01), kl(expected, got)
+    np.testing.assert_allclose(np.trapezoid(got, GRID, axis=1), 1.0, atol=1e-4)
+
+
+def test_tinker08_prior_is_the_falling_mass_function():
+    t = priors.tinker08(GRID, SNAP)
+    assert np.all(np.diff(t.log_density) < 0)
+    # about 1.4 dex fewer clusters per dex between 10^14 and 10^14.7 at z ~ 0.1
+    drop = (np.interp(14.0, GRID, t.log_density) - np.interp(14.7, GRID, t.log_density)) / np.log(10)
+    assert 0.9 < drop < 2.5
+
+
+def test_summaries_against_scipy():
+    rng = np.random.default_rng(0)
+    dists = [stats.norm(14.2, 0.13), stats.skewnorm(4.0, 14.0, 0.25), stats.norm(14.8, 0.05)]
+    pdf = np.stack([d.pdf(GRID) for d in dists])
+    pdf /= np.trapezoid(pdf, GRID, axis=1)[:, None]
+    g = jnp.asarray(GRID)
+    q = np.asarray(quantiles(g, jnp.asarray(pdf), (0.025, 0.16, 0.5, 0.84, 0.975)))
+    for row, d in zip(q, dists, strict=True):
+        np.testing.assert_allclose(row, d.ppf([0.025, 0.16, 0.5, 0.84, 0.975]), atol=2e-3)
+    mean, std = mean_std(g, jnp.asarray(pdf))
+    np.testing.assert_allclose(mean, [d.mean() for d in dists], atol=1e-3)
+    np.testing.assert_allclose(std, [d.std() for d in dists], rtol=5e-3)
+    modes = np.asarray(mode(g, jnp.asarray(pdf)))
+    fine = np.linspace(13.5, 15.2, 200001)
+    true_modes = [fine[np.argmax(d.pdf(fine))] for d in dists]
+    np.testing.assert_allclose(modes, true_modes, atol=1e-3)
+    truth = rng.uniform(14.0, 14.5, 3)
+    np.testing.assert_allclose(pit(g, jnp.asarray(pdf), jnp.asarray(truth)), [d.cdf(t) for d, t in
+                                                                           zip(dists, truth, strict=True)], atol=2e-3)
+
+
+def _gaussian_posteriors(n, scale, seed=1):
+    """theta ~ N(14.3, 0.3), x = theta + N(0, 0.1): the exact posterior is Gaussian; ``scale`` shrinks its width."""
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(14.3, 0.3, n)
+    x = theta + rng.normal(0, 0.1, n)
+    var = 1 / (1 / 0.3**2 + 1 / 0.1**2)
+    mu = var * (14.3 / 0.3**2 + x / 0.1**2)
+    pdf = stats.norm.pdf(GRID[None, :], mu[:, None], np.sqrt(var) * scale)
+    return theta, pdf / np.trapezoid(pdf, GRID, axis=1)[:, None]
+
+
+def test_coverage_of_a_calibrated_posterior_is_nominal_and_of_an_overconfident_one_is_not():
+    theta, pdf = _gaussian_posteriors(20000, 1.0)
+    p = np.asarray(pit(jnp.asarray(GRID), jnp.asarray(pdf), jnp.asarray(theta)))
+    levels = np.array([0.5, 0.68, 0.9, 0.95])
+    np.testing.assert_allclose(calibration.coverage(p, levels), levels, atol=0.012)
+    counts, _ = calibration.pit_histogram(p, bins=10)
+    np.testing.assert_allclose(counts, 1.0, atol=0.08)
+    theta, pdf = _gaussian_posteriors(20000, 0.6)
+    p = np.asarray(pit(jnp.asarray(GRID), jnp.asarray(pdf), jnp.asarray(theta)))
+    assert calibration.coverage(p, [0.68])[0] < 0.55
+
+
+def test_importance_weights_restore_coverage_under_the_target_prior():
+    """Truths follow p_train (steep); posteriors are exact under a flat prior: weighting by p_flat / p_train makes
+    their coverage nominal, while the unweighted coverage is off."""
+    rng = np.random.default_rng(5)
+    pt = p_train_steep(GRID)
+    cdf = np.cumsum(pt) / np.sum(pt)
+    theta = np.interp(rng.uniform(size=40000), cdf, GRID)
+    x = theta + rng.normal(0, 0.15, theta.size)
+    like = stats.norm.pdf(x[:, None], GRID[None, :], 0.15)
+    pdf = like / np.trapezoid(like, GRID, axis=1)[:, None]
+    p = np.asarray(pit(jnp.asarray(GRID), jnp.asarray(pdf), jnp.asarray(theta)))
+    keep = (theta > 13.8) & (theta < 14.9)  # away from the grid edges, where the flat-prior posterior is truncated
+    w = calibration.importance_weights(theta, GRID, np.zeros_like(GRID), pt)
+    weighted = calibration.coverage(p[keep], [0.68, 0.95], w[keep])
+    np.testing.assert_allclose(weighted, [0.68, 0.95], atol=0.02)
+    unweighted_bias = calibration.bias_scatter(x[keep], theta[keep])["bias"]
+    weighted_bias = calibration.bias_scatter(x[keep], theta[keep], w[keep])["bias"]
+    assert abs(weighted_bias) < 0.01 and abs(unweighted_bias) < 0.01  # x is unbiased either way
+
+
+def test_no_nan_or_inf_where_p_train_vanishes():
+    pt = np.where((GRID > 13.6) & (GRID < 15.0), 1.0, 0.0)
+    ratio = log_prior_ratio(pt, priors.flat(GRID))
+    assert np.all(np.isfinite(ratio)) and ratio.max() - ratio.min() == pytest.approx(-np.log(P_TRAIN_FLOOR))
+    log_q = np.full((3, len(GRID)), -np.inf)
+    log_q[1] = -0.5 * ((GRID - 14.0) / 0.1) ** 2
+    log_q[2, 100] = 0.0
+    out = posterior_block(jnp.asarray(log_q), jnp.asarray(ratio), jnp.asarray(GRID))
+    for key, value in out.items():
+        assert np.all(np.isfinite(np.asarray(value))), key
+    np.testing.assert_allclose(np.trapezoid(np.asarray(normalise(jnp.asarray(log_q), jnp.asarray(GRID))), GRID,
+                                            axis=1), 1.0, rtol=1e-4)
+
+
+def test_binned_bias_and_scatter():
+    rng = np.random.default_rng(2)
+    true = rng.uniform(14, 15, 50000)
+    est = true + 0.03 + rng.normal(0, 0.1, true.size)
+    rows = calibration.binned(est, true, np.round(np.arange(14, 15.01, 0.1), 2))
+    assert len(rows) == 10
+    for r in rows:
+        assert r["bias"] == pytest.approx(0.03, abs=4 * r["bias_se"]) and r["scatter"] == pytest.approx(0.1, rel=0.05)
+    with pytest.raises(ValueError, match="equal shape"):
+        calibration.bias_scatter(est[:3], true[:4])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("log10_m,density\n13,1\n14,-0.5\n16,1\n", r"column 'density', row 2: expected a non-negative density"),
+        ("log10_m,density\n14,1\n16,1\n", r"covers log10 M = \[14, 16\], expected the whole grid"),
+        ("a,b,c\n1,2,3\n4,5,6\n", "expected two columns"),
+        ("log10_m,density\n13,0\n16,0\n", "zero everywhere"),
+    ],
+)
+def test_bad_prior_tables(tmp_path, content, message):
+    path = tmp_path / "p.csv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        priors.from_table(path, GRID)
+
+
+def test_unknown_prior_name():
+    with pytest.raises(ConfigError, match="unknown prior 'jeffreys'"):
+        priors.resolve("jeffreys", GRID, p_train=np.ones_like(GRID), snapshot=SNAP)
+    with pytest.raises(ConfigError, match="needs the snapshot"):
+        priors.resolve("tinker08", GRID, p_train=np.ones_like(GRID), snapshot=None)
