@@ -1,9 +1,9 @@
-"""The pipeline run behind ``clustermass run``: the synthetic box (or the configured catalogs), then ingest.
+"""The pipeline run behind ``clustermass run``, stage by stage.
 
-Stages written so far: synth -> ingest (read, unit-normalise, validate, summarise) -> features (mock
-observations and member arrays) -> train (MDN, flow, MSE baselines, M-sigma). Later stages (inference, catalogs,
-validation) are added here as they land, then
-wrapped as Prefect tasks.
+synth (the embedded synthetic box, unless [input] names catalogs) -> ingest (read, unit-normalise, validate,
+summarise) -> features (mock observations and member arrays) -> train (MDN, flow and MSE ensembles, M-sigma) ->
+infer (corrected posteriors of the held-out hosts, catalog.h5 / catalog.fits, validation/). Issue 6 wraps these
+stages as cached Prefect tasks.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ import numpy as np
 from features.cylinder import CylinderSpec, LineOfSightSpec
 from features.io import write_observations
 from features.observe import ObservationConfig, make_observations
+from flows.infer import infer_stage
 from flows.train import train_stage
 from ingest.catalog import Catalog, read_galaxies, read_halos
 from ingest.synth.box import SynthConfig
 from ingest.synth.synthesize import output_paths, synthesize
 from pipeline.config import ObserveSection, RunConfig
 from pipeline.progress import Progress
+from pipeline.provenance import digest_json
 
 HOST_LOG10_M200C_CUT = 13.5  # Msun/h: the hosts mock observations will be made of (REFERENCE.md §3)
 GALAXY_LOG10_MSTAR_CUT = 9.5  # Msun
@@ -63,9 +65,16 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, quiet: bool 
     t0 = time.perf_counter()
     summary["training"] = train_stage(obs.table, config.train, out / "model", quiet=quiet)
     timings["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    metrics = infer_stage(obs.table, out / "model", out, prior=config.infer.prior, snapshot=halos.snapshot,
+                          config_digest=digest_json(_config_dict(config)))
+    timings["infer"] = time.perf_counter() - t0
+    summary["validation"] = {k: metrics[k] for k in ("n_test", "scatter_dex", "bias_dex", "coverage_68",
+                                                     "coverage_95", "msigma_scatter_dex", "msigma_bias_dex")}
     summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     _write_json(summary_path, summary)
-    summary["outputs"] = {
+    summary["outputs"] = {"catalog_h5": str(out / "catalog.h5"), "catalog_fits": str(out / "catalog.fits"),
+                          "validation": str(out / "validation"),
         "halos": str(halos_path), "galaxies": str(galaxies_path), "summary": str(summary_path),
         "observations": str(obs_dir), "members": str(members_path), "model": str(out / "model"),
     }
@@ -73,6 +82,12 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, quiet: bool 
         for stage, secs in timings.items():
             print(f"stage {stage:8s} {secs:7.1f} s")
     return summary
+
+
+def _config_dict(config: RunConfig) -> dict:
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def observation_config(section: ObserveSection) -> ObservationConfig:

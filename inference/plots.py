@@ -44,6 +44,8 @@ def bias_scatter_by_bin(by_method: dict[str, list[dict]], path: Path) -> Path:
         a2.plot(mid, scatter, marker="o", ms=3, label=name)
     a1.axhline(0, color="k", lw=0.8)
     a1.axhspan(-0.02, 0.02, color="0.85", zorder=0)
+    a1.set_ylim(-0.3, 0.3)  # baselines far off scale are clipped; metrics.json has every value
+    a2.set_ylim(0.0, 0.5)
     a1.set_ylabel("bias [dex]")
     a2.set_ylabel("scatter [dex]")
     a2.set_xlabel(r"true $\log_{10} M_{200c}$ [$h^{-1} M_\odot$]")

@@ -14,7 +14,7 @@ Sections (all optional; the defaults describe the embedded synthetic box)::
     galaxy_format = "um-binary"   # optional: um-binary | um-ascii | hdf5
 
     [synth]
-    box_size = 400.0      # comoving Mpc/h
+    box_size = 600.0      # comoving Mpc/h
     seed = 0
     format = "hdf5"       # hdf5 | ascii | native | csv
     log10_mmin = 11.0     # distinct halos, M200c in Msun/h
@@ -36,6 +36,9 @@ Sections (all optional; the defaults describe the embedded synthetic box)::
     test_fraction = 0.25  # hosts held out from training, for validation
     ensemble = 3          # deep-ensemble members per model
     hidden = [128, 128, 64]
+
+    [infer]
+    prior = "flat"        # target prior of the catalogs: flat | tinker08 | training | a two-column table
 
     [output]
     dir = "runs/default"
@@ -63,7 +66,7 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class SynthSection:
-    box_size: float = 400.0
+    box_size: float = 600.0
     seed: int = 0
     format: str = "hdf5"
     log10_mmin: float = 11.0
@@ -109,6 +112,13 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
+class InferSection:
+    """Inference (inference/): the target prior of the catalogs."""
+
+    prior: str = "flat"  # flat | tinker08 | training | path to a two-column table
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: Path = Path("runs/default")
 
@@ -120,11 +130,12 @@ class RunConfig:
     synth: SynthSection = field(default_factory=SynthSection)
     observe: ObserveSection = field(default_factory=ObserveSection)
     train: TrainSection = field(default_factory=TrainSection)
+    infer: InferSection = field(default_factory=InferSection)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: str = "<defaults>"
 
 
-_SECTIONS = {"snapshot", "input", "synth", "observe", "train", "output"}
+_SECTIONS = {"snapshot", "input", "synth", "observe", "train", "infer", "output"}
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -171,10 +182,18 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
         raise ConfigError(f"{source} [train]: models must be some of ['mdn', 'flow', 'mse'], got {train.models}")
     if not 0.0 < train.test_fraction < 1.0:
         raise ConfigError(f"{source} [train]: test_fraction must be in (0, 1), got {train.test_fraction}")
+    infer = InferSection(**_typed(_table(data, "infer", source), InferSection, f"{source} [infer]"))
+    if infer.prior not in ("flat", "tinker08", "training"):
+        path = Path(infer.prior).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise ConfigError(f"{source} [infer]: prior must be flat, tinker08, training or an existing table file, "
+                              f"got {infer.prior!r}")
+        infer = InferSection(prior=str(path))
     out_values = _typed(_table(data, "output", source), OutputConfig, f"{source} [output]")
     if "dir" in out_values:
         out_values["dir"] = Path(out_values["dir"])
-    return RunConfig(snap, inp, synth, observe, train, OutputConfig(**out_values), source)
+    return RunConfig(snap, inp, synth, observe, train, infer, OutputConfig(**out_values), source)
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pipeline.cli import main
@@ -71,7 +72,8 @@ def test_debug_shows_traceback(tmp_path):
 def test_run_default_pipeline_on_a_small_box(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[synth]\nbox_size = 110.0\nlog10_mmin = 11.5\nworkers = 1\n[observe]\nmin_members = 5\n"
-                   "regions_per_side = 2\n[output]\ndir = \"unused\"\n")
+                   "regions_per_side = 2\n[train]\nensemble = 1\nmax_epochs = 4\nhidden = [32, 32]\n"
+                   "[output]\ndir = \"unused\"\n")
     code, out, _ = run_cli(capsys, "run", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
     assert code == 0 and "run directory" in out
     summary = json.loads((tmp_path / "run" / "ingest" / "summary.json").read_text())
@@ -79,6 +81,21 @@ def test_run_default_pipeline_on_a_small_box(tmp_path, capsys):
     assert summary["galaxies"]["rows"] > 0 and summary["snapshot"]["box_size"] == 110.0
     assert summary["observations"]["kept"] > 0
     assert (tmp_path / "run" / "members.h5").exists() and not (tmp_path / "run" / ".scratch").exists()
+    metrics = json.loads((tmp_path / "run" / "validation" / "metrics.json").read_text())
+    for key in ("scatter_dex", "bias_dex", "bias_by_bin", "coverage_68", "coverage_95", "msigma_scatter_dex",
+                "msigma_bias_dex", "mse_regression_bias_by_bin", "n_test"):
+        assert key in metrics
+    assert metrics["n_test"] == summary["validation"]["n_test"] > 0
+    for png in ("predicted_vs_true", "bias_scatter_by_bin", "coverage", "pit", "example_posteriors"):
+        assert (tmp_path / "run" / "validation" / f"{png}.png").stat().st_size > 1000
+    from catalogs.io import read_catalog
+
+    h5 = read_catalog(tmp_path / "run" / "catalog.h5")
+    fits = read_catalog(tmp_path / "run" / "catalog.fits")
+    assert len(h5) == len(fits) == metrics["n_test"]
+    assert h5.colnames == fits.colnames and "log10_m200c_pdf" in h5.colnames
+    np.testing.assert_array_equal(h5["log10_m200c_mode"], fits["log10_m200c_mode"])
+    assert h5.meta["provenance"]["target_prior"] == "flat"
 
 
 @pytest.mark.parametrize(
