@@ -8,6 +8,7 @@ memory holds a few cells at most. Files appear under their final names only when
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -108,7 +109,8 @@ def _cells(config: SynthConfig, workers: int) -> Iterator[Cell]:
         for index in range(total):
             yield generate_cell(config, index)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, not fork: forking a process in which JAX (or any threaded library) already runs can deadlock
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = []
         next_index = 0
         while next_index < total or pending:
