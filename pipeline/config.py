@@ -14,7 +14,7 @@ Sections (all optional; the defaults describe the embedded synthetic box)::
     galaxy_format = "um-binary"   # optional: um-binary | um-ascii | hdf5
 
     [synth]
-    box_size = 600.0      # comoving Mpc/h
+    box_size = 800.0      # comoving Mpc/h
     seed = 0
     format = "hdf5"       # hdf5 | ascii | native | csv
     log10_mmin = 11.0     # distinct halos, M200c in Msun/h
@@ -66,7 +66,7 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class SynthSection:
-    box_size: float = 600.0
+    box_size: float = 800.0
     seed: int = 0
     format: str = "hdf5"
     log10_mmin: float = 11.0

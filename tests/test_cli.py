@@ -119,7 +119,7 @@ def test_config_errors(tmp_path, text, message):
 
 def test_config_defaults_and_snapshot():
     cfg = parse_config({"snapshot": {"box_size": 1000, "scale_factor": 0.8951, "cosmology": "mdpl2"}})
-    assert cfg.snapshot.box_size == 1000.0 and cfg.synth.box_size == 600.0 and cfg.input is None
+    assert cfg.snapshot.box_size == 1000.0 and cfg.synth.box_size == 800.0 and cfg.input is None
 
 
 def test_observe_command_writes_table_and_members(tmp_path, capsys):
