@@ -45,7 +45,7 @@ def held_out(table: pd.DataFrame, model_dir: Path) -> pd.DataFrame:
 
 
 def infer_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                prior: str, snapshot: Snapshot, config_digest: str = "") -> dict[str, Any]:
+                prior: str, snapshot: Snapshot, main: str = "flow", config_digest: str = "") -> dict[str, Any]:
     """Validate on the held-out hosts and write the catalogs of their observations; returns the metrics."""
     model_dir, out = Path(model_dir), Path(out)
     kinds = [k for k in ("mdn", "flow", "mse") if (model_dir / k / "model.json").exists()]
@@ -53,9 +53,10 @@ def infer_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str
         raise InputError(model_dir, "no trained model here (expected mdn/, flow/ or mse/)")
     models = {k: load_model(model_dir / k) for k in kinds}
     test = held_out(table, model_dir)
-    metrics, post = validate(test, models, load_msigma(model_dir / "msigma.json"), prior=prior, snapshot=snapshot,
-                             out_dir=out / "validation")
-    main = "mdn" if "mdn" in models else kinds[0]
+    if main not in models:
+        main = "flow" if "flow" in models else "mdn"
+    metrics, post = validate(test, models, load_msigma(model_dir / "msigma.json"), prior=prior, main=main,
+                             snapshot=snapshot, out_dir=out / "validation")
     provenance = {
         "code_version": code_version(),
         "config_digest": config_digest,

@@ -67,7 +67,7 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, quiet: bool 
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics = infer_stage(obs.table, out / "model", out, prior=config.infer.prior, snapshot=halos.snapshot,
-                          config_digest=digest_json(_config_dict(config)))
+                          main=config.infer.model, config_digest=digest_json(_config_dict(config)))
     timings["infer"] = time.perf_counter() - t0
     summary["validation"] = {k: metrics[k] for k in ("n_test", "scatter_dex", "bias_dex", "coverage_68",
                                                      "coverage_95", "msigma_scatter_dex", "msigma_bias_dex")}

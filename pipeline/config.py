@@ -39,6 +39,7 @@ Sections (all optional; the defaults describe the embedded synthetic box)::
 
     [infer]
     prior = "flat"        # target prior of the catalogs: flat | tinker08 | training | a two-column table
+    model = "flow"        # whose posteriors fill the catalog: flow | mdn
 
     [output]
     dir = "runs/default"
@@ -116,6 +117,7 @@ class InferSection:
     """Inference (inference/): the target prior of the catalogs."""
 
     prior: str = "flat"  # flat | tinker08 | training | path to a two-column table
+    model: str = "flow"  # the model whose posteriors fill the catalog: flow | mdn
 
 
 @dataclass(frozen=True)
@@ -183,13 +185,17 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
     if not 0.0 < train.test_fraction < 1.0:
         raise ConfigError(f"{source} [train]: test_fraction must be in (0, 1), got {train.test_fraction}")
     infer = InferSection(**_typed(_table(data, "infer", source), InferSection, f"{source} [infer]"))
+    if infer.model not in ("flow", "mdn"):
+        raise ConfigError(f"{source} [infer]: model must be 'flow' or 'mdn', got {infer.model!r}")
+    if infer.model not in train.models:
+        raise ConfigError(f"{source} [infer]: model '{infer.model}' is not among the trained models {train.models}")
     if infer.prior not in ("flat", "tinker08", "training"):
         path = Path(infer.prior).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.is_file():
             raise ConfigError(f"{source} [infer]: prior must be flat, tinker08, training or an existing table file, "
                               f"got {infer.prior!r}")
-        infer = InferSection(prior=str(path))
+        infer = InferSection(prior=str(path), model=infer.model)
     out_values = _typed(_table(data, "output", source), OutputConfig, f"{source} [output]")
     if "dir" in out_values:
         out_values["dir"] = Path(out_values["dir"])

@@ -107,6 +107,9 @@ def test_run_default_pipeline_on_a_small_box(tmp_path, capsys):
         ("[input]\nhalos = 'missing.list'\ngalaxies = 'g.bin'\n", "halos file"),
         ("[snapshot]\nbox_size = 100\n", "scale_factor (or redshift) is required"),
         ("[synth\n", "not valid TOML"),
+        ("[infer]\nmodel = 'svm'\n", "model must be 'flow' or 'mdn'"),
+        ("[train]\nmodels = ['mdn']\n", "model 'flow' is not among the trained models"),
+        ("[infer]\nprior = 'nowhere.csv'\n", "must be flat, tinker08, training or an existing table file"),
     ],
 )
 def test_config_errors(tmp_path, text, message):
