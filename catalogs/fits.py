@@ -16,7 +16,7 @@ then each block as packed big-endian row records (a FITS binary table's data is 
 a multiple of 2880 bytes at :meth:`~catalogs.base.CatalogWriter.close`, and appends the GRID HDU. Packing (a
 byte-swapping copy, ~20 ms per 65536 rows at G = 512) overlaps the writes: rows are packed in chunks of
 ``PACK_CHUNK_BYTES`` (2 MiB) into two alternating buffers and a single worker thread writes them, in order.
-Chunks that fit in the CPU cache matter: with 8 MiB or whole-block buffers the same write was 1.5-3x slower.
+Chunks that fit in the CPU cache matter: with 8 MiB or whole-block buffers the same write was up to 3x slower.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from catalogs.schema import (
 )
 
 BLOCK = 2880
-READ_BLOCK_ROWS = 65536
 #: Bytes of packed rows per write; two such buffers alternate between packing and the writer thread.
 PACK_CHUNK_BYTES = 2 << 20  # small enough to stay in cache between the packing and the kernel's copy
 _TFORM = {"int16": "I", "int32": "J", "int64": "K", "float32": "E", "float64": "D"}
@@ -202,12 +201,12 @@ class FITSCatalogWriter(CatalogWriter):
 
 
 def read_fits(
-    path: str | os.PathLike[str], columns: Sequence[str] | None = None, *, block_rows: int = READ_BLOCK_ROWS
+    path: str | os.PathLike[str], columns: Sequence[str] | None = None, *, chunk_bytes: int = PACK_CHUNK_BYTES
 ):
     """Read a catalog written by :class:`FITSCatalogWriter` as an ``astropy.table.Table`` (see ``read_catalog``).
 
-    astropy parses the headers; the rows are read ``block_rows`` at a time into a reused buffer of packed
-    big-endian records and copied into native arrays, so memory is the table plus one block.
+    astropy parses the headers; the rows are read ``chunk_bytes`` at a time into a reused buffer of packed
+    big-endian records and copied into native arrays, so memory is the table plus one small buffer.
     """
     try:
         hdul = fits.open(path, lazy_load_hdus=True, memmap=False)
@@ -248,6 +247,7 @@ def read_fits(
                                          f"{len(grid) if spec.vector else 1}", column=name)
             units[name] = col.unit or ""
         offset = cat.fileinfo()["datLoc"]
+    block_rows = max(1, chunk_bytes // file_dtype.itemsize)
     arrays = _read_rows(path, offset, file_dtype, n_rows, wanted, len(grid), block_rows)
     return build_table(path, arrays, units, grid, grid_unit, provenance, version)
 
