@@ -63,7 +63,8 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, quiet: bool 
     timings["features"] = time.perf_counter() - t0
     summary["observations"] = {"kept": len(obs.table), "dropped": obs.dropped, "hosts": obs.n_hosts}
     t0 = time.perf_counter()
-    summary["training"] = train_stage(obs.table, config.train, out / "model", quiet=quiet)
+    obs_meta = {"config": obs.config.to_dict(), "snapshot": obs.snapshot.to_dict()}
+    summary["training"] = train_stage(obs.table, config.train, out / "model", quiet=quiet, observations=obs_meta)
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics = infer_stage(obs.table, out / "model", out, prior=config.infer.prior, snapshot=halos.snapshot,

@@ -50,8 +50,13 @@ def feature_list(table: pd.DataFrame, section: TrainSection) -> list[str]:
 
 
 def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLike[str], *,
-                kinds: Sequence[str] | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Train ``kinds`` (default: the configured models) on the non-test hosts of ``table``; write ``out``."""
+                kinds: Sequence[str] | None = None, quiet: bool = False,
+                observations: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``kinds`` (default: the configured models) on the non-test hosts of ``table``; write ``out``.
+
+    ``observations``: how the observations were made (cylinder, lines of sight, snapshot), stored in every
+    model.json so that `clustermass query` applies the same definitions to a members file.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = feature_list(table, section)
@@ -67,7 +72,8 @@ def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLi
         spec, train = specs_for(section, kind)
         progress = _EpochProgress(kind, train.max_epochs, quiet)
         model, histories = train_model(x, y, cid, feature_names=names, spec=spec, train=train, progress=progress)
-        save_model(out / kind, model, histories=histories, extra={"test_hosts_seed": section.seed + 7919})
+        save_model(out / kind, model, histories=histories,
+                   extra={"test_hosts_seed": section.seed + 7919, "observations": observations or {}})
         summary["models"][kind] = {"dir": str(out / kind), "best_val_nll": [min(h.val_loss) for h in histories],
                                    "epochs": [len(h.val_loss) for h in histories]}
     ms = fit_msigma(table.loc[tr, MSIGMA_FEATURE].to_numpy(), y)

@@ -114,6 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
+        "query",
+        help="posterior mass of one cluster from its member galaxies",
+        description="Reads a members file (CSV, ECSV or FITS) with either ra, dec [deg] and z, or r_proj [Mpc/h] "
+        "and v_los [km/s]; plus log10_mstar [log10 Msun]. Applies the model's training cylinder and features, "
+        "and prints the posterior of log10 M200c [Msun/h] under the chosen prior.",
+        formatter_class=fmt,
+    )
+    p.add_argument("--model", type=Path, required=True,
+                   help="model directory (model.json), or a run's model/ directory (flow/ preferred, else mdn/)")
+    p.add_argument("--members", type=Path, required=True, help="members file (.csv, .ecsv, .fits)")
+    p.add_argument("--prior", default="flat", help="flat | tinker08 | training | a two-column table file")
+    p.add_argument("--center", type=float, nargs=3, default=None, metavar=("RA", "DEC", "Z"),
+                   help="cluster centre in deg, deg and redshift (default: estimated from the members)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", type=Path, default=None, help="draw the posterior PDF to this PNG")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser(
         "run",
         help="run the pipeline on the configured catalogs (default: the embedded synthetic box)",
         formatter_class=fmt,
@@ -250,9 +268,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "test_fraction": args.test_fraction, "seed": args.seed}
     section = dataclasses.replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()
-    frame, _ = read_observations(args.observations)
+    frame, meta = read_observations(args.observations)
     summary = train_stage(frame.compute().reset_index(drop=True), section, args.out, kinds=args.kind,
-                          quiet=args.quiet)
+                          quiet=args.quiet, observations={"config": meta["config"], "snapshot": meta["snapshot"]})
     for kind, info in summary["models"].items():
         best = ", ".join(f"{v:.4f}" for v in info["best_val_nll"])
         print(f"{kind:5s} {info['dir']}  best validation loss per member: {best}")
@@ -261,6 +279,29 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"log10(sigma_v / {ms['pivot']:g} km/s), scatter {ms['scatter']:.3f} dex")
     print(f"train rows {summary['train_rows']}, held-out test rows {summary['test_rows']}; "
           f"time {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from flows.query import plot_posterior, query
+
+    result = query(args.model, args.members, prior=args.prior,
+                   centre=tuple(args.center) if args.center is not None else None)
+    for note in result.warnings:
+        print(note, file=sys.stderr)
+    if args.plot is not None:
+        plot_posterior(result, args.plot)
+    s = result.summary
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"log10 M200c [Msun/h] ({s['prior']} prior): mode {s['log10_m200c_mode']:.3f}, median "
+          f"{s['log10_m200c_median']:.3f}, 68% [{s['log10_m200c_p16']:.3f}, {s['log10_m200c_p84']:.3f}], 95% "
+          f"[{s['log10_m200c_p025']:.3f}, {s['log10_m200c_p975']:.3f}]")
+    print(f"members {s['n_members']}, sigma_v {s['sigma_v']:.0f} km/s; uncorrected mode "
+          f"{s['log10_m200c_uncorrected_mode']:.3f}")
+    if args.plot is not None:
+        print(f"plot: {args.plot}")
     return 0
 
 

@@ -1,0 +1,143 @@
+"""`clustermass query`: one cluster's posterior from a members file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from features.io import read_members, read_observations
+from features.sky import C_KMS, angular_separation, comoving_distance, estimate_centre, project
+from pipeline.cli import main
+from pipeline.cosmology import MDPL2
+
+ZC, RAC, DECC = 0.117, 150.0, 2.0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("q")
+    assert main(["synth", "--out", str(d / "box"), "--box-size", "150", "--log10-mmin", "11.3", "--quiet",
+                 "--workers", "1"]) == 0
+    assert main(["observe", "--halos", str(d / "box" / "halos.h5"), "--galaxies", str(d / "box" / "galaxies.h5"),
+                 "--out", str(d / "obs"), "--quiet", "--regions", "2"]) == 0
+    assert main(["train", "--observations", str(d / "obs"), "--out", str(d / "model"), "--kind", "flow",
+                 "--ensemble", "1", "--max-epochs", "60", "--quiet"]) == 0
+    return d
+
+
+def _clusters(d, n=12):
+    table = read_observations(d / "obs")[0].compute().reset_index(drop=True)
+    members = read_members(d / "obs")
+    test_ids = set(json.loads((d / "model" / "split.json").read_text())["test_cluster_ids"])
+    rows = [i for i in np.flatnonzero(table.cluster_id.isin(test_ids)) if table.log10_m200c_true[i] > 13.8][:n]
+    out = []
+    for i in rows:
+        a, b = members.offsets[i], members.offsets[i + 1]
+        out.append((members.r_proj[a:b], members.v_los[a:b], members.log10_mstar[a:b],
+                    float(table.log10_m200c_true[i])))
+    return out
+
+
+def _to_sky(r, v, seed=0):
+    rng = np.random.default_rng(seed)
+    theta = r / comoving_distance(ZC, MDPL2)
+    phi = rng.uniform(0, 2 * np.pi, len(r))
+    dec = DECC + np.degrees(theta * np.sin(phi))
+    ra = RAC + np.degrees(theta * np.cos(phi)) / np.cos(np.radians(DECC))
+    return ra, dec, ZC + v * (1 + ZC) / C_KMS
+
+
+def _write(path, **cols):
+    names = list(cols)
+    np.savetxt(path, np.column_stack([cols[n] for n in names]), delimiter=",", header=",".join(names), comments="")
+    return path
+
+
+def _query(capsys, *argv):
+    code = main(["query", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_95_percent_interval_holds_the_truth(trained, tmp_path, capsys):
+    hits = 0
+    clusters = _clusters(trained)
+    assert len(clusters) >= 8
+    for k, (r, v, m, truth) in enumerate(clusters):
+        path = _write(tmp_path / f"c{k}.csv", r_proj=r, v_los=v, log10_mstar=m)
+        code, out, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(path), "--json")
+        assert code == 0
+        s = json.loads(out)
+        for key in ("log10_m200c_mode", "log10_m200c_median", "log10_m200c_p16", "log10_m200c_p84", "n_members",
+                    "sigma_v", "prior"):
+            assert key in s
+        assert s["n_members"] == len(r) and s["prior"] == "flat"
+        hits += s["log10_m200c_p025"] <= truth <= s["log10_m200c_p975"]
+    assert hits / len(clusters) >= 0.8
+
+
+def test_sky_coordinates_give_the_same_posterior(trained, tmp_path, capsys):
+    r, v, m, _ = _clusters(trained, 1)[0]
+    proj = _write(tmp_path / "p.csv", r_proj=r, v_los=v, log10_mstar=m)
+    ra, dec, z = _to_sky(r, v)
+    sky = _write(tmp_path / "s.csv", ra=ra, dec=dec, z=z, log10_mstar=m)
+    _, out_p, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(proj), "--json")
+    _, out_s, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(sky), "--json", "--center",
+                         str(RAC), str(DECC), str(ZC), "--plot", str(tmp_path / "post.png"))
+    a, b = json.loads(out_p), json.loads(out_s)
+    assert a["n_members"] == b["n_members"]
+    assert b["log10_m200c_median"] == pytest.approx(a["log10_m200c_median"], abs=5e-3)
+    assert (tmp_path / "post.png").stat().st_size > 1000
+    code, out, err = _query(capsys, "--model", str(trained / "model"), "--members", str(sky))
+    assert code == 0 and "centre estimated from the members" in err and "log10 M200c" in out
+
+
+def test_projection_round_trip():
+    ra, dec, z = _to_sky(np.array([0.1, 0.8, 1.5]), np.array([-1500.0, 0.0, 900.0]))
+    r, v = project(ra, dec, z, (RAC, DECC, ZC), MDPL2)
+    np.testing.assert_allclose(r, [0.1, 0.8, 1.5], rtol=1e-4)
+    np.testing.assert_allclose(v, [-1500.0, 0.0, 900.0], atol=1e-6)
+    dc = MDPL2.to_astropy().comoving_distance(ZC).value * MDPL2.h
+    assert comoving_distance(ZC, MDPL2) == pytest.approx(dc, rel=1e-4)
+    assert angular_separation(np.array([10.0]), np.array([0.0]), 11.0, 0.0)[0] == pytest.approx(np.radians(1.0))
+    assert estimate_centre(np.array([359.9, 0.1, 0.0]), np.array([0, 0, 0.0]), np.array([0.1, 0.2, 0.3]))[2] == 0.2
+
+
+def test_warnings_where_an_answer_is_still_meaningful(trained, tmp_path, capsys):
+    r, v, m, _ = _clusters(trained, 1)[0]
+    r2 = np.concatenate([r[:8], [5.0]])
+    v2, m2 = np.concatenate([v[:8], [0.0]]), np.concatenate([m[:8], [10.5]])
+    path = _write(tmp_path / "few.csv", r_proj=r2, v_los=v2, log10_mstar=m2)
+    code, _, err = _query(capsys, "--model", str(trained / "model"), "--members", str(path))
+    assert code == 0
+    assert "1 of 9 members fall outside the training cylinder" in err and "fewer than the 10" in err
+    ra, dec, z = _to_sky(r, v)
+    far = _write(tmp_path / "far.csv", ra=ra, dec=dec, z=z + 0.2, log10_mstar=m)
+    code, _, err = _query(capsys, "--model", str(trained / "model"), "--members", str(far))
+    assert code == 0 and "is far from the model's snapshot" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        ("x,y\n1,2\n", ".csv", "expected columns r_proj [Mpc/h] and v_los [km/s], or ra, dec [deg] and z"),
+        ("r_proj,v_los\n0.1,100\n0.2,-50\n0.3,20\n", ".csv", "expected a log10_mstar column"),
+        ("r_proj,v_los,log10_mstar\n0.1,100,10\n0.2,-50,10.2\n", ".csv", "only 2 members inside"),
+        ("r_proj,v_los,log10_mstar\n0.1,nan,10\n0.2,-50,10.2\n0.3,1,10\n", ".csv", "column 'v_los', row 1"),
+        ("whatever", ".parquet", "unknown members format '.parquet'"),
+    ],
+)
+def test_errors_that_leave_no_answer(trained, tmp_path, capsys, content, suffix, message):
+    path = tmp_path / f"m{suffix}"
+    path.write_text(content)
+    code, out, err = _query(capsys, "--model", str(trained / "model"), "--members", str(path))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert message in err
+
+
+def test_missing_model(tmp_path, capsys):
+    path = _write(tmp_path / "m.csv", r_proj=np.ones(3) * 0.1, v_los=np.zeros(3), log10_mstar=np.ones(3) * 10)
+    code, _, err = _query(capsys, "--model", str(tmp_path), "--members", str(path))
+    assert code == 2 and "no trained model here" in err
