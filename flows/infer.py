@@ -44,33 +44,81 @@ def held_out(table: pd.DataFrame, model_dir: Path) -> pd.DataFrame:
     return test
 
 
-def infer_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                prior: str, snapshot: Snapshot, main: str = "flow", config_digest: str = "") -> dict[str, Any]:
-    """Validate on the held-out hosts and write the catalogs of their observations; returns the metrics."""
-    model_dir, out = Path(model_dir), Path(out)
+def load_models(model_dir: Path) -> dict[str, Any]:
     kinds = [k for k in ("mdn", "flow", "mse") if (model_dir / k / "model.json").exists()]
     if not kinds:
         raise InputError(model_dir, "no trained model here (expected mdn/, flow/ or mse/)")
-    models = {k: load_model(model_dir / k) for k in kinds}
-    test = held_out(table, model_dir)
-    if main not in models:
-        main = "flow" if "flow" in models else "mdn"
-    metrics, post = validate(test, models, load_msigma(model_dir / "msigma.json"), prior=prior, main=main,
-                             snapshot=snapshot, out_dir=out / "validation")
-    provenance = {
+    return {k: load_model(model_dir / k) for k in kinds}
+
+
+def provenance_for(model_dir: Path, main: str, models: dict[str, Any], target_name: str, snapshot: Snapshot,
+                   rows: str, config_digest: str = "") -> dict[str, Any]:
+    return {
         "code_version": code_version(),
         "config_digest": config_digest,
         "model": main,
         "model_digest": model_digest(model_dir / main),
         "training_data_sha256": models[main].data_digest,
-        "target_prior": post["target"].name,
+        "target_prior": target_name,
         "training_prior": f"KDE of {models[main].training_prior.n_train} training log10 M200c, "
                           f"bandwidth {models[main].training_prior.bandwidth:.4f} dex",
         "cosmology": json.dumps(snapshot.cosmology.to_dict()),
         "snapshot": json.dumps(snapshot.to_dict()),
-        "rows": "held-out test hosts (never seen in training)",
+        "rows": rows,
         "created": now(),
     }
+
+
+def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                  prior: str, snapshot: Snapshot, main: str = "flow", rows: str = "all observations",
+                  chunk: int = 4096) -> list[Path]:
+    """Catalogs of every row of ``table``, streamed block by block (one block of PDFs in memory)."""
+    from inference.posterior import default_grid, iter_posteriors, p_train_on
+    from inference.priors import resolve
+
+    model_dir, out = Path(model_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = load_models(model_dir)
+    if main not in models or not models[main].spec.is_density:
+        main = "flow" if "flow" in models else "mdn"
+    model = models[main]
+    missing = [f for f in model.feature_names if f not in table.columns]
+    if missing:
+        raise InputError(model_dir / main, f"the observations lack the model's features {missing}")
+    grid = default_grid(model)
+    target = resolve(prior, grid, p_train=p_train_on(model, grid), snapshot=snapshot)
+    provenance = provenance_for(model_dir, main, models, target.name, snapshot, rows)
+    x = table[list(model.feature_names)].to_numpy()
+    probe = catalog_columns(table.iloc[:1], {"values": {k: np.zeros(1, np.float32) for k in _SUMMARY_KEYS},
+                                              "pdf": np.zeros((1, len(grid)), np.float32)})
+    names = list(probe)
+    paths = [out / "catalog.h5", out / "catalog.fits"]
+    with HDF5CatalogWriter(paths[0], len(table), grid, names, provenance) as h5, \
+            FITSCatalogWriter(paths[1], len(table), grid, names, provenance) as fits:
+        for block in iter_posteriors(model, x, grid, target, chunk=chunk):
+            part = table.iloc[block.start:block.start + len(block.pdf)]
+            cols = catalog_columns(part, {"values": block.values, "pdf": block.pdf})
+            h5.append(cols)
+            fits.append(cols)
+    return paths
+
+
+_SUMMARY_KEYS = ("mode", "median", "mean", "std", "p16", "p84", "p025", "p975", "uncorrected_mode",
+                 "uncorrected_mean")
+
+
+def infer_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                prior: str, snapshot: Snapshot, main: str = "flow", config_digest: str = "") -> dict[str, Any]:
+    """Validate on the held-out hosts and write the catalogs of their observations; returns the metrics."""
+    model_dir, out = Path(model_dir), Path(out)
+    models = load_models(model_dir)
+    test = held_out(table, model_dir)
+    if main not in models:
+        main = "flow" if "flow" in models else "mdn"
+    metrics, post = validate(test, models, load_msigma(model_dir / "msigma.json"), prior=prior, main=main,
+                             snapshot=snapshot, out_dir=out / "validation")
+    provenance = provenance_for(model_dir, main, models, post["target"].name, snapshot,
+                                "held-out test hosts (never seen in training)", config_digest)
     write_catalogs(out, test, post, provenance)
     return metrics
 

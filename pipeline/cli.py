@@ -114,6 +114,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
+        "infer",
+        help="posterior mass catalogs (catalog.h5, catalog.fits) for every observation of an observation set",
+        formatter_class=fmt,
+    )
+    p.add_argument("--model", type=Path, required=True, help="a run's model/ directory (from `train` or `run`)")
+    p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
+    p.add_argument("--out", type=Path, required=True, help="directory for catalog.h5 and catalog.fits")
+    p.add_argument("--prior", default="flat", help="flat | tinker08 | training | a two-column table file")
+    p.add_argument("--use", choices=["flow", "mdn"], default="flow", help="which model fills the catalog")
+    p.add_argument("--held-out-only", action="store_true", help="only the hosts the model never saw in training")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser(
+        "validate",
+        help="accuracy and calibration on the held-out hosts: metrics.json and plots",
+        formatter_class=fmt,
+    )
+    p.add_argument("--model", type=Path, required=True, help="a run's model/ directory (from `train` or `run`)")
+    p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
+    p.add_argument("--out", type=Path, required=True, help="directory for metrics.json and the PNG plots")
+    p.add_argument("--prior", default="flat", help="flat | tinker08 | training | a two-column table file")
+    p.add_argument("--use", choices=["flow", "mdn"], default="flow", help="the main model")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
         "query",
         help="posterior mass of one cluster from its member galaxies",
         description="Reads a members file (CSV, ECSV or FITS) with either ra, dec [deg] and z, or r_proj [Mpc/h] "
@@ -279,6 +304,48 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"log10(sigma_v / {ms['pivot']:g} km/s), scatter {ms['scatter']:.3f} dex")
     print(f"train rows {summary['train_rows']}, held-out test rows {summary['test_rows']}; "
           f"time {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _observation_table(directory: Path):
+    from features.io import read_observations
+    from pipeline.snapshot import Snapshot
+
+    frame, meta = read_observations(directory)
+    return frame.compute().reset_index(drop=True), Snapshot.from_dict(meta["snapshot"])
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from flows.infer import catalog_stage, held_out
+
+    start = time.perf_counter()
+    table, snapshot = _observation_table(args.observations)
+    rows = "all observations"
+    if args.held_out_only:
+        table, rows = held_out(table, args.model), "held-out test hosts (never seen in training)"
+    paths = catalog_stage(table, args.model, args.out, prior=args.prior, snapshot=snapshot, main=args.use, rows=rows)
+    for path in paths:
+        print(f"catalog: {path}  ({len(table)} rows, {rows})")
+    print(f"time:    {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from flows.infer import held_out, load_models, load_msigma
+    from inference.validate import validate
+
+    table, snapshot = _observation_table(args.observations)
+    test = held_out(table, args.model)
+    metrics, _ = validate(test, load_models(args.model), load_msigma(args.model / "msigma.json"), prior=args.prior,
+                          main=args.use, snapshot=snapshot, out_dir=args.out)
+    print(f"validation: {args.out / 'metrics.json'}  ({metrics['n_test']} held-out observations, "
+          f"{metrics['n_test_1e14_1e15']} in 1e14-1e15 Msun/h)")
+    print(f"{metrics['estimator']}: bias {metrics['bias_dex']:+.4f} dex, scatter {metrics['scatter_dex']:.4f} dex; "
+          f"coverage 68% {metrics['coverage_68']:.3f}, 95% {metrics['coverage_95']:.3f}; M-sigma scatter "
+          f"{metrics['msigma_scatter_dex']:.3f} dex")
+    for name, check in metrics["acceptance"].items():
+        if "pass" in check:
+            print(f"  {'PASS' if check['pass'] else 'FAIL'}  {name}")
     return 0
 
 

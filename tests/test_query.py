@@ -141,3 +141,33 @@ def test_missing_model(tmp_path, capsys):
     path = _write(tmp_path / "m.csv", r_proj=np.ones(3) * 0.1, v_los=np.zeros(3), log10_mstar=np.ones(3) * 10)
     code, _, err = _query(capsys, "--model", str(tmp_path), "--members", str(path))
     assert code == 2 and "no trained model here" in err
+
+
+def test_infer_writes_catalogs_for_every_observation(trained, tmp_path, capsys):
+    from catalogs.io import read_catalog
+
+    code = main(["infer", "--model", str(trained / "model"), "--observations", str(trained / "obs"), "--out",
+                 str(tmp_path / "cat")])
+    _out, err = capsys.readouterr()
+    assert code == 0, err
+    table = read_observations(trained / "obs")[0].compute()
+    h5 = read_catalog(tmp_path / "cat" / "catalog.h5")
+    fits = read_catalog(tmp_path / "cat" / "catalog.fits")
+    assert len(h5) == len(fits) == len(table)
+    np.testing.assert_array_equal(h5["cluster_id"], table["cluster_id"].to_numpy())
+    np.testing.assert_array_equal(h5["log10_m200c_p16"], fits["log10_m200c_p16"])
+    assert (h5["log10_m200c_p16"] <= h5["log10_m200c_median"]).all()
+    assert h5.meta["provenance"]["rows"] == "all observations" and h5.meta["provenance"]["model"] == "flow"
+    pdf = np.asarray(h5["log10_m200c_pdf"])
+    np.testing.assert_allclose(np.trapezoid(pdf, h5.meta["log10_m200c_grid"], axis=1), 1.0, atol=1e-3)
+
+
+def test_validate_command(trained, tmp_path, capsys):
+    code = main(["validate", "--model", str(trained / "model"), "--observations", str(trained / "obs"), "--out",
+                 str(tmp_path / "val")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert metrics["main_model"] == "flow" and metrics["n_test"] > 0
+    assert "coverage 68%" in out and ("PASS" in out or "FAIL" in out)
+    assert (tmp_path / "val" / "coverage.png").exists()
