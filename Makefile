@@ -37,9 +37,16 @@ $(VENV)/.installed-test: $(VENV)/.installed-run
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+BENCH_BOX ?= .cache/bench-box
+
+# Every benchmark of README's Performance section, on this machine (about 10 minutes on 2 cores, ~10 GB of disk).
 bench: $(VENV)/.installed-run
-	$(BIN)/python bench/bench_synth.py
-	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_synth.py --box-size 1000 --out $(BENCH_BOX)
+	$(BIN)/python bench/bench_ingest.py --file $(BENCH_BOX)/galaxies.h5
+	$(BIN)/python bench/bench_observe.py --box $(BENCH_BOX)
+	$(BIN)/python bench/bench_train.py --convergence 300000
+	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python bench/bench_catalogs.py
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache
