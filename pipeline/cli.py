@@ -118,11 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="posterior mass catalogs (catalog.h5, catalog.fits) for every observation of an observation set",
         formatter_class=fmt,
     )
-    p.add_argument("--model", type=Path, required=True, help="a run's model/ directory (from `train` or `run`)")
-    p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
-    p.add_argument("--out", type=Path, required=True, help="directory for catalog.h5 and catalog.fits")
-    p.add_argument("--prior", default="flat", help="flat | tinker08 | training | a two-column table file")
-    p.add_argument("--use", choices=["flow", "mdn"], default="flow", help="which model fills the catalog")
+    _model_stage_arguments(p, out="directory for catalog.h5 and catalog.fits", use="which model fills the catalog")
     p.add_argument("--held-out-only", action="store_true", help="only the hosts the model never saw in training")
     p.set_defaults(func=cmd_infer)
 
@@ -131,11 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy and calibration on the held-out hosts: metrics.json and plots",
         formatter_class=fmt,
     )
-    p.add_argument("--model", type=Path, required=True, help="a run's model/ directory (from `train` or `run`)")
-    p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
-    p.add_argument("--out", type=Path, required=True, help="directory for metrics.json and the PNG plots")
-    p.add_argument("--prior", default="flat", help="flat | tinker08 | training | a two-column table file")
-    p.add_argument("--use", choices=["flow", "mdn"], default="flow", help="the main model")
+    _model_stage_arguments(p, out="directory for metrics.json and the PNG plots", use="the main model")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -166,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_run)
     return parser
+
+
+def _model_stage_arguments(p: argparse.ArgumentParser, *, out: str, use: str) -> None:
+    """The arguments shared by `infer` and `validate`."""
+    p.add_argument("--model", type=Path, required=True, help="a run's model/ directory (from `train` or `run`)")
+    p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
+    p.add_argument("--out", type=Path, required=True, help=out)
+    p.add_argument("--prior", default="flat", help="flat | tinker08 | training | a two-column table file")
+    p.add_argument("--use", choices=["flow", "mdn"], default="flow", help=use)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
