@@ -9,6 +9,7 @@ Both appear under their final names only when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,13 +19,16 @@ from typing import Any
 import dask.dataframe as dd
 import h5py
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.cylinder import CylinderSpec, LineOfSightSpec
 from features.definitions import FEATURES
 from features.members import MEMBER_COLUMNS, Members
-from features.observe import Observations
+from features.observe import ObservationConfig, ObservationPlan, Observations, RegionJob
 from pipeline.errors import InputError
+from pipeline.snapshot import Snapshot
 
 TABLE_UNITS: dict[str, str] = {
     "cluster_id": "",
@@ -103,3 +107,59 @@ def read_members(run_dir: str | os.PathLike[str]) -> Members:
         raise InputError(path, "no member arrays here")
     with h5py.File(path, "r") as fh:
         return Members(np.asarray(fh["offsets"][...]), **{k: np.asarray(fh[k][...]) for k in MEMBER_COLUMNS})
+
+
+# -- the flow's intermediate products: a plan (hosts + region jobs; buckets beside) and one file per region job --
+PLAN_FILE = "plan.json"
+HOSTS_FILE = "hosts.parquet"
+
+
+def save_plan(plan: ObservationPlan) -> list[Path]:
+    """Write ``plan``'s hosts and jobs next to its buckets (``plan.directory``); returns the files written."""
+    d = plan.directory
+    hosts_tmp = d / f".{HOSTS_FILE}.partial"
+    pq.write_table(pa.Table.from_pandas(plan.hosts, preserve_index=False), hosts_tmp)
+    os.replace(hosts_tmp, d / HOSTS_FILE)
+    payload = {"config": plan.config.to_dict(), "cylinder": dataclasses.asdict(plan.config.cylinder),
+               "los": dataclasses.asdict(plan.config.los), "snapshot": plan.snapshot.to_dict(),
+               "jobs": [j.to_dict() for j in plan.jobs]}
+    tmp = d / f".{PLAN_FILE}.partial"
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, d / PLAN_FILE)
+    return [d / HOSTS_FILE, d / PLAN_FILE]
+
+
+def load_plan(directory: str | os.PathLike[str]) -> ObservationPlan:
+    """The plan saved by :func:`save_plan` in ``directory``."""
+    d = Path(directory)
+    if not (d / PLAN_FILE).exists() or not (d / HOSTS_FILE).exists():
+        raise InputError(d, f"no observation plan here (expected {PLAN_FILE} and {HOSTS_FILE})")
+    payload = json.loads((d / PLAN_FILE).read_text())
+    config = ObservationConfig(cylinder=CylinderSpec(**payload["cylinder"]), los=LineOfSightSpec(**payload["los"]),
+                               regions_per_side=payload["config"]["regions_per_side"])
+    hosts = pq.read_table(d / HOSTS_FILE).to_pandas()
+    jobs = tuple(RegionJob(**j) for j in payload["jobs"])
+    return ObservationPlan(hosts, config, Snapshot.from_dict(payload["snapshot"]), jobs, d)
+
+
+def write_region(path: str | os.PathLike[str], table: pd.DataFrame, members: Members) -> Path:
+    """One region job's feature rows and members in one ``.npz`` file (written whole, then renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"table/{c}": table[c].to_numpy() for c in table.columns}
+    arrays.update({f"members/{k}": v for k, v in members.arrays().items()})
+    arrays["members/offsets"] = members.offsets
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def read_region(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, Members]:
+    """The (table, members) written by :func:`write_region`."""
+    with np.load(path) as z:
+        table = pd.DataFrame({k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("table/")})
+        cols = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("members/")}
+    offsets = cols.pop("offsets")
+    return table, Members(offsets=offsets, **cols)

@@ -83,20 +83,49 @@ def select_hosts(halos: Catalog, log10_m200c_min: float) -> pd.DataFrame:
     return hosts.sort_values("halo_id", kind="stable").reset_index(drop=True)
 
 
-def make_observations(
-    halos: Catalog,
-    galaxies: Catalog,
-    config: ObservationConfig = ObservationConfig(),
-    *,
-    scratch: str | Path | None = None,
-    scheduler: str = "threads",
-    num_workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> Observations:
-    """Mock observations and features for every host and line of sight.
+@dataclass(frozen=True)
+class RegionJob:
+    """One independent task of the features stage.
 
-    ``scratch``: directory for the temporary galaxy buckets (removed at the end; default: a temporary directory).
-    ``scheduler``/``num_workers``: how the region tasks run (dask's local schedulers).
+    ``los`` 0-2 is a box axis and ``region`` a column of the box (:class:`RegionGrid`); ``los`` >= 3 is the
+    random direction ``los - 3`` (``region`` = -1). ``bucket``: the bucket file's name in the plan directory.
+    """
+
+    los: int
+    region: int
+    bucket: str
+
+    def to_dict(self) -> dict:
+        return {"los": self.los, "region": self.region, "bucket": self.bucket}
+
+
+@dataclass(frozen=True)
+class ObservationPlan:
+    """The hosts, the geometry and the region jobs of one set of mock observations; buckets in ``directory``."""
+
+    hosts: pd.DataFrame
+    config: ObservationConfig
+    snapshot: Snapshot
+    jobs: tuple[RegionJob, ...]
+    directory: Path
+
+    @property
+    def grid(self) -> RegionGrid:
+        return RegionGrid(self.snapshot.box_size, self.config.regions_per_side, self.config.cylinder.r_aperture)
+
+    def extra_hosts(self) -> pd.DataFrame:
+        """Hosts observed along the random directions (none without directions)."""
+        if not len(self.config.los.directions()):
+            return self.hosts.iloc[:0]
+        logm = np.log10(self.hosts["m200c"].to_numpy())
+        return self.hosts[logm >= self.config.los.extra_log10_m200c_min]
+
+
+def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationConfig, directory: str | Path
+                      ) -> ObservationPlan:
+    """Select the hosts and stream the galaxy catalog once into bucket files under ``directory``.
+
+    Buckets already in ``directory`` are replaced. Returns the plan; :func:`observe_region` runs one job of it.
     """
     snap = halos.snapshot
     if not snap.agrees_with(galaxies.snapshot):
@@ -105,50 +134,61 @@ def make_observations(
     spec = config.cylinder
     spec.check(snap)
     hosts = select_hosts(halos, spec.host_log10_m200c_min)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in directory.glob("bucket-*.bin"):
+        f.unlink()
+    provisional = ObservationPlan(hosts, config, snap, (), directory)
+    grid = provisional.grid
+    directions = config.los.directions()
+    extra_hosts = provisional.extra_hosts()
     hubble = snap.hubble_per_comoving()
     depth = spec.half_depth(snap)
-    grid = RegionGrid(snap.box_size, config.regions_per_side, spec.r_aperture)
-    directions = config.los.directions()
-    extra_hosts = hosts[np.log10(hosts["m200c"].to_numpy()) >= config.los.extra_log10_m200c_min]
-    if not len(directions):
-        extra_hosts = extra_hosts.iloc[:0]
+    _bucket_galaxies(galaxies, spec, config.los.axes, grid, directions, extra_hosts, hubble,
+                     math.hypot(spec.r_aperture, depth), directory)
+    jobs = []
+    for axis in config.los.axes:
+        i, j = [a for a in range(3) if a != axis]
+        home = grid.home(hosts[["xyz"[i], "xyz"[j]]].to_numpy(np.float64))
+        for region in np.unique(home):
+            jobs.append(RegionJob(int(axis), int(region), _bucket_path(directory, axis, int(region)).name))
+    if len(extra_hosts):
+        for d in range(len(directions)):
+            jobs.append(RegionJob(3 + d, -1, _direction_path(directory, d).name))
+    for job in jobs:  # a bucket with no galaxies still exists, so a missing bucket always means a deleted one
+        (directory / job.bucket).touch()
+    return ObservationPlan(hosts, config, snap, tuple(jobs), directory)
 
-    owned = scratch is None
-    scratch_dir = Path(tempfile.mkdtemp(prefix="clustermass-buckets-")) if owned else Path(scratch)
-    scratch_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        _bucket_galaxies(galaxies, spec, config.los.axes, grid, directions, extra_hosts, hubble,
-                         math.hypot(spec.r_aperture, depth), scratch_dir)
-        tasks = []
-        for axis in config.los.axes:
-            i, j = [a for a in range(3) if a != axis]
-            host_uv = hosts[["xyz"[i], "xyz"[j]]].to_numpy(np.float64)
-            host_s = redshift_space(hosts["xyz"[axis]].to_numpy(), hosts["v" + "xyz"[axis]].to_numpy(), hubble,
-                                    snap.box_size)
-            home = grid.home(host_uv)
-            for region in range(grid.count):
-                rows = np.flatnonzero(home == region)
-                if len(rows):
-                    tasks.append(dask.delayed(_observe_axis_region)(
-                        _bucket_path(scratch_dir, axis, region), hosts.iloc[rows], grid.to_local(host_uv[rows], region),
-                        host_s[rows], axis, grid, spec, depth, hubble, snap.box_size))
-        for d, n_hat in enumerate(directions):
-            if len(extra_hosts):
-                hs = _direction_s(extra_hosts[["x", "y", "z"]].to_numpy(), extra_hosts[["vx", "vy", "vz"]].to_numpy(),
-                                  n_hat, hubble, snap.box_size)
-                tasks.append(dask.delayed(_observe_direction)(
-                    _direction_path(scratch_dir, d), extra_hosts, hs, n_hat, 3 + d, spec, depth, hubble,
-                    snap.box_size))
-        results = _run(tasks, scheduler, num_workers, progress)
-    finally:
-        if owned:
-            shutil.rmtree(scratch_dir, ignore_errors=True)
-        else:
-            for f in scratch_dir.glob("bucket-*.bin"):
-                f.unlink()
-            if not any(scratch_dir.iterdir()):
-                scratch_dir.rmdir()
 
+def observe_region(plan: ObservationPlan, job: RegionJob) -> tuple[pd.DataFrame, Members]:
+    """The observations (unfiltered feature rows) and members of the hosts of one job: pure given its bucket."""
+    spec, snap = plan.config.cylinder, plan.snapshot
+    hubble = snap.hubble_per_comoving()
+    depth = spec.half_depth(snap)
+    path = plan.directory / job.bucket
+    if not path.exists():
+        raise InputError(path, "bucket file missing: expected the galaxies of this region, written by "
+                               "plan_observations (re-run the plan)")
+    if job.los < 3:
+        grid = plan.grid
+        i, j = [a for a in range(3) if a != job.los]
+        hosts_uv = plan.hosts[["xyz"[i], "xyz"[j]]].to_numpy(np.float64)
+        rows = np.flatnonzero(grid.home(hosts_uv) == job.region)
+        hosts = plan.hosts.iloc[rows]
+        host_s = redshift_space(hosts["xyz"[job.los]].to_numpy(), hosts["v" + "xyz"[job.los]].to_numpy(), hubble,
+                                snap.box_size)
+        return _observe_axis_region(path, hosts, grid.to_local(hosts_uv[rows], job.region), host_s, job.los, grid,
+                                    spec, depth, hubble, snap.box_size)
+    extra = plan.extra_hosts()
+    n_hat = plan.config.los.directions()[job.los - 3]
+    hs = _direction_s(extra[["x", "y", "z"]].to_numpy(), extra[["vx", "vy", "vz"]].to_numpy(), n_hat, hubble,
+                      snap.box_size)
+    return _observe_direction(path, extra, hs, n_hat, job.los, spec, depth, hubble, snap.box_size)
+
+
+def combine_observations(plan: ObservationPlan, results: Sequence[tuple[pd.DataFrame, Members]]) -> Observations:
+    """Concatenate the jobs' results, sort by (cluster_id, los) and drop observations below ``min_members``."""
+    spec = plan.config.cylinder
     tables = [r[0] for r in results]
     members = Members.concat([r[1] for r in results])
     table = pd.concat(tables, ignore_index=True) if tables else _empty_table()
@@ -164,11 +204,50 @@ def make_observations(
     dropped["total"] = int(n_before - len(table))
     if table.empty:
         raise ClusterMassError(
-            f"empty selection: all {n_before} observations of {len(hosts)} hosts have fewer than "
+            f"empty selection: all {n_before} observations of {len(plan.hosts)} hosts have fewer than "
             f"{spec.min_members} members (galaxies with log10 M* >= {spec.log10_mstar_min:g} in "
             f"{spec.r_aperture:g} Mpc/h, |v_los| < {spec.v_cut:g} km/s); expected at least one"
         )
-    return Observations(table, members, dropped, len(hosts), config, snap)
+    return Observations(table, members, dropped, len(plan.hosts), plan.config, plan.snapshot)
+
+
+def remove_buckets(directory: str | Path) -> None:
+    """Delete a plan's bucket files (and the directory, if that leaves it empty)."""
+    directory = Path(directory)
+    for f in directory.glob("bucket-*.bin"):
+        f.unlink()
+    if directory.exists() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
+def make_observations(
+    halos: Catalog,
+    galaxies: Catalog,
+    config: ObservationConfig = ObservationConfig(),
+    *,
+    scratch: str | Path | None = None,
+    scheduler: str = "threads",
+    num_workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Observations:
+    """Mock observations and features for every host and line of sight, in one call.
+
+    ``scratch``: directory for the temporary galaxy buckets (removed at the end; default: a temporary directory).
+    ``scheduler``/``num_workers``: how the region jobs run (dask's local schedulers). The Prefect flow runs the
+    same three steps (:func:`plan_observations`, :func:`observe_region`, :func:`combine_observations`) as tasks.
+    """
+    owned = scratch is None
+    scratch_dir = Path(tempfile.mkdtemp(prefix="clustermass-buckets-")) if owned else Path(scratch)
+    try:
+        plan = plan_observations(halos, galaxies, config, scratch_dir)
+        tasks = [dask.delayed(observe_region)(plan, job) for job in plan.jobs]
+        results = _run(tasks, scheduler, num_workers, progress)
+    finally:
+        if owned:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
+        else:
+            remove_buckets(scratch_dir)
+    return combine_observations(plan, results)
 
 
 # -- streaming pass ------------------------------------------------------------------------------------------------
@@ -247,7 +326,7 @@ def _bucketize(part: pd.DataFrame, log10_mstar_min: float, axes: tuple[int, ...]
 def _observe_axis_region(path: Path, hosts: pd.DataFrame, host_uv: np.ndarray, host_s: np.ndarray, axis: int,
                          grid: RegionGrid, spec: CylinderSpec, depth: float, hubble: float,
                          box: float) -> tuple[pd.DataFrame, Members]:
-    rec = np.fromfile(path, dtype=AXIS_RECORD) if path.exists() else np.empty(0, dtype=AXIS_RECORD)
+    rec = np.fromfile(path, dtype=AXIS_RECORD)
     region = int(path.stem.rsplit("-", 1)[1])
     gal_uv = grid.to_local(np.column_stack([rec["u"], rec["v"]]), region)
     period = grid.local_period
@@ -259,7 +338,7 @@ def _observe_axis_region(path: Path, hosts: pd.DataFrame, host_uv: np.ndarray, h
 def _observe_direction(path: Path, hosts: pd.DataFrame, host_s: np.ndarray, n_hat: np.ndarray, los: int,
                        spec: CylinderSpec, depth: float, hubble: float,
                        box: float) -> tuple[pd.DataFrame, Members]:
-    rec = np.fromfile(path, dtype=DIRECTION_RECORD) if path.exists() else np.empty(0, dtype=DIRECTION_RECORD)
+    rec = np.fromfile(path, dtype=DIRECTION_RECORD)
     m = search_direction(host_s, rec["s"].astype(np.float64), n_hat, r_aperture=spec.r_aperture,
                          half_depth=depth, hubble=hubble, box_size=box)
     return _assemble(hosts, los, m.offsets, m.r_proj, m.v_los, rec[m.index], spec)

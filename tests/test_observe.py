@@ -145,3 +145,26 @@ def test_bad_galaxy_values_name_file_column_and_row(tmp_path, box):
     path = write_catalog(tmp_path / "g2.h5", cols, kind="galaxy", fmt="hdf5", snapshot=galaxies.snapshot)
     with pytest.raises(InputError, match=r"column 'obs_sm': stellar masses look like log10"):
         make_observations(halos, read_galaxies(path))
+
+
+def test_plan_region_jobs_and_combine_reproduce_make_observations(tmp_path, box, observed):
+    """The flow's three steps — plan (buckets), one job per region through files, combine — equal one call."""
+    from features.io import load_plan, read_region, save_plan, write_region
+    from features.observe import combine_observations, observe_region, plan_observations, remove_buckets
+
+    plan = plan_observations(*box, ObservationConfig(los=LOS, regions_per_side=3), tmp_path / "plan")
+    save_plan(plan)
+    reloaded = load_plan(tmp_path / "plan")
+    assert reloaded.jobs == plan.jobs and sorted({j.los for j in plan.jobs}) == [0, 1, 2, 3, 4]
+    pd.testing.assert_frame_equal(reloaded.hosts, plan.hosts)
+    parts = [read_region(write_region(tmp_path / "regions" / f"{k}.npz", *observe_region(reloaded, job)))
+             for k, job in enumerate(reloaded.jobs)]
+    combined = combine_observations(reloaded, parts)
+    pd.testing.assert_frame_equal(combined.table, observed.table)
+    np.testing.assert_array_equal(combined.members.offsets, observed.members.offsets)
+    np.testing.assert_array_equal(combined.members.galaxy_id, observed.members.galaxy_id)
+    assert combined.dropped == observed.dropped
+    remove_buckets(tmp_path / "plan")
+    assert not list((tmp_path / "plan").glob("bucket-*.bin"))
+    with pytest.raises(InputError, match="bucket file missing"):
+        observe_region(reloaded, reloaded.jobs[0])
