@@ -16,12 +16,11 @@ import pandas as pd
 
 from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
-from inference.validate import validate
 from models.io import load_model
 from models.model import TARGET
 from models.msigma import MSigmaFit
 from pipeline.errors import InputError
-from pipeline.provenance import code_version, digest_json, model_digest, now
+from pipeline.provenance import code_version, model_digest, now
 from pipeline.snapshot import Snapshot
 
 CATALOG_BLOCK = 65536
@@ -71,7 +70,7 @@ def provenance_for(model_dir: Path, main: str, models: dict[str, Any], target_na
 
 def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
                   prior: str, snapshot: Snapshot, main: str = "flow", rows: str = "all observations",
-                  chunk: int = 4096) -> list[Path]:
+                  config_digest: str = "", chunk: int = 4096) -> list[Path]:
     """Catalogs of every row of ``table``, streamed block by block (one block of PDFs in memory)."""
     from inference.posterior import default_grid, iter_posteriors, p_train_on
     from inference.priors import resolve
@@ -87,7 +86,7 @@ def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: s
         raise InputError(model_dir / main, f"the observations lack the model's features {missing}")
     grid = default_grid(model)
     target = resolve(prior, grid, p_train=p_train_on(model, grid), snapshot=snapshot)
-    provenance = provenance_for(model_dir, main, models, target.name, snapshot, rows)
+    provenance = provenance_for(model_dir, main, models, target.name, snapshot, rows, config_digest)
     x = table[list(model.feature_names)].to_numpy()
     probe = catalog_columns(table.iloc[:1], {"values": {k: np.zeros(1, np.float32) for k in _SUMMARY_KEYS},
                                               "pdf": np.zeros((1, len(grid)), np.float32)})
@@ -107,22 +106,6 @@ _SUMMARY_KEYS = ("mode", "median", "mean", "std", "p16", "p84", "p025", "p975", 
                  "uncorrected_mean")
 
 
-def infer_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                prior: str, snapshot: Snapshot, main: str = "flow", config_digest: str = "") -> dict[str, Any]:
-    """Validate on the held-out hosts and write the catalogs of their observations; returns the metrics."""
-    model_dir, out = Path(model_dir), Path(out)
-    models = load_models(model_dir)
-    test = held_out(table, model_dir)
-    if main not in models:
-        main = "flow" if "flow" in models else "mdn"
-    metrics, post = validate(test, models, load_msigma(model_dir / "msigma.json"), prior=prior, main=main,
-                             snapshot=snapshot, out_dir=out / "validation")
-    provenance = provenance_for(model_dir, main, models, post["target"].name, snapshot,
-                                "held-out test hosts (never seen in training)", config_digest)
-    write_catalogs(out, test, post, provenance)
-    return metrics
-
-
 def catalog_columns(test: pd.DataFrame, post: dict[str, Any]) -> dict[str, np.ndarray]:
     v = post["values"]
     cols = {
@@ -138,19 +121,3 @@ def catalog_columns(test: pd.DataFrame, post: dict[str, Any]) -> dict[str, np.nd
     if TARGET in test:
         cols["log10_m200c_true"] = test[TARGET].to_numpy(np.float32)
     return cols
-
-
-def write_catalogs(out: Path, test: pd.DataFrame, post: dict[str, Any], provenance: dict[str, Any]) -> list[Path]:
-    cols = catalog_columns(test, post)
-    n = len(test)
-    paths = []
-    for cls, name in ((HDF5CatalogWriter, "catalog.h5"), (FITSCatalogWriter, "catalog.fits")):
-        with cls(out / name, n, post["grid"], list(cols), provenance) as writer:
-            for start in range(0, n, CATALOG_BLOCK):
-                writer.append({k: v[start:start + CATALOG_BLOCK] for k, v in cols.items()})
-        paths.append(out / name)
-    return paths
-
-
-def run_digest(config_dict: dict[str, Any]) -> str:
-    return digest_json(config_dict)

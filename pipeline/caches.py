@@ -1,7 +1,8 @@
 """Where tools keep their caches: under the project (or run) directory, never the user's home.
 
 Prefect (PREFECT_HOME), matplotlib (MPLCONFIGDIR), dask's scratch space (temporary-directory) and XDG caches
-are pointed at ``<root>/.cache/...``; colossus persists nothing unless given a directory
+are pointed at ``<root>/.cache/...``; Prefect gets quiet defaults (:data:`PREFECT_DEFAULTS`), set before it is
+imported; colossus persists nothing unless given a directory
 (:func:`pipeline.cosmology.colossus_cosmology`). Variables the user already set are left alone.
 """
 
@@ -9,6 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+PREFECT_DEFAULTS = {  # quiet, robust defaults for Prefect's temporary local server (REFERENCE.md §7)
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
 
 
 def cache_root(base: str | os.PathLike[str] | None = None) -> Path:
@@ -29,6 +36,8 @@ def configure_caches(base: str | os.PathLike[str] | None = None) -> Path:
         if var not in os.environ:
             path.mkdir(parents=True, exist_ok=True)
             os.environ[var] = str(path)
+    for var, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(var, value)
     dask_dir = root / "dask"
     dask_dir.mkdir(parents=True, exist_ok=True)
     import dask

@@ -150,12 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="run the pipeline on the configured catalogs (default: the embedded synthetic box)",
+        help="run the pipeline as the Prefect flow mass_catalog: cached stages, resumable (default: the embedded "
+             "synthetic box)",
         formatter_class=fmt,
     )
     p.add_argument("--config", type=Path, default=None, help="TOML configuration (default: embedded defaults)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: [output] dir = runs/default)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the configuration and print where the tasks would run (with the SLURM job script "
+                        "for [runner] kind = \"slurm\"); start nothing")
     p.set_defaults(func=cmd_run)
     return parser
 
@@ -374,13 +378,47 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.run import run_pipeline
     from pipeline.config import load_config
 
-    config = load_config(args.config)
-    out = args.out or config.output.dir
-    summary = run_pipeline(config, out, quiet=args.quiet)
-    print(f"run directory: {out}")
+    config = load_config(args.config)  # every configuration error before Prefect starts
+    out = Path(args.out or config.output.dir)
+    if args.dry_run:
+        return _dry_run(config, out)
+    from flows.mass_catalog import run
+
+    summary = run(args.config, out, quiet=args.quiet)
+    print(f"run directory: {summary['run_dir']}")
+    print("stages (state, seconds):")
+    for stage, rec in summary["stages"].items():
+        extra = f"  ({rec['cached']}/{rec['tasks']} cached)" if "tasks" in rec else ""
+        print(f"  {stage:18s} {rec['state']:10s} {rec['seconds']:8.1f}{extra}")
+    print(f"  {'total':18s} {'':10s} {summary['total_seconds']:8.1f}")
+    v = summary["validation"]
+    if "scatter_dex" in v:
+        print(f"validation: {v['n_test']} held-out observations, scatter {v['scatter_dex']:.3f} dex, "
+              f"bias {v['bias_dex']:+.3f} dex (1e14-1e15), coverage 68/95 {v['coverage_68']:.3f}/"
+              f"{v['coverage_95']:.3f}")
+    print("outputs:")
     for key, value in summary["outputs"].items():
         print(f"  {key:13s} {value}")
+    return 0
+
+
+def _dry_run(config, out: Path) -> int:
+    """Print what `run` would do and where (the SLURM job script for [runner] kind = "slurm"); start nothing."""
+    from flows.runners import describe, slurm_job_script
+
+    print(f"configuration: {config.source} (valid)")
+    print(f"run directory: {out.resolve()}")
+    if config.input is None:
+        s = config.synth
+        print(f"input: synthetic box, {s.box_size:g} Mpc/h, seed {s.seed}, format {s.format}")
+    else:
+        print(f"input: halos {config.input.halos}, galaxies {config.input.galaxies}")
+    print("model: " + (f"reuse {config.train.reuse}" if config.train.reuse else f"train {config.train.models}"))
+    print(f"catalog prior: {config.infer.prior}; catalog model: {config.infer.model}")
+    print(f"tasks run on: {describe(config.runner)}")
+    if config.runner.kind == "slurm":
+        print("SLURM job script (one per dask worker job):")
+        print(slurm_job_script(config.runner))
     return 0

@@ -41,8 +41,16 @@ Sections (all optional; the defaults describe the embedded synthetic box)::
     prior = "flat"        # target prior of the catalogs: flat | tinker08 | training | a two-column table
     model = "flow"        # whose posteriors fill the catalog: flow | mdn
 
+    reuse = ""            # a trained model directory (a run's model/) to use instead of training
+
     [output]
     dir = "runs/default"
+
+    [runner]              # where the flow's tasks run
+    kind = "threads"      # threads | dask | slurm
+    workers = 2           # threads / local dask workers
+    address = ""          # dask: a running scheduler, tcp://host:8786
+    jobs = 4              # slurm: SLURM jobs, each with cores, memory, walltime, queue, account below
 """
 
 from __future__ import annotations
@@ -110,6 +118,7 @@ class TrainSection:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    reuse: str = ""  # a trained model directory (a run's model/) to use instead of training
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,31 @@ class InferSection:
 
     prior: str = "flat"  # flat | tinker08 | training | path to a two-column table
     model: str = "flow"  # the model whose posteriors fill the catalog: flow | mdn
+
+
+RUNNER_KINDS = ("threads", "dask", "slurm")
+
+
+@dataclass(frozen=True)
+class RunnerSection:
+    """Where the flow's tasks run: threads here, a dask cluster, or dask workers in SLURM jobs."""
+
+    kind: str = "threads"  # threads | dask | slurm
+    workers: int = 2  # threads: concurrent tasks; dask without address: local worker threads
+    address: str = ""  # dask: a running scheduler (tcp://host:8786); empty starts a local cluster
+    # slurm (dask-jobqueue SLURMCluster): one dask worker per job unless processes > 1
+    jobs: int = 4  # SLURM jobs to start
+    cores: int = 8  # cores per job
+    processes: int = 1  # dask worker processes per job
+    memory: str = "32GB"  # memory per job
+    walltime: str = "02:00:00"
+    queue: str = ""  # partition (#SBATCH -p)
+    account: str = ""  # #SBATCH -A
+    job_extra_directives: list[str] = field(default_factory=list)  # more #SBATCH lines, e.g. ["--constraint=cpu"]
+    job_script_prologue: list[str] = field(default_factory=list)  # shell lines before the worker starts
+    local_directory: str = ""  # worker scratch (node-local disk); empty: dask's default
+    log_directory: str = ""  # where SLURM writes job logs
+    python: str = ""  # interpreter on the nodes; empty: this one
 
 
 @dataclass(frozen=True)
@@ -134,10 +168,23 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     infer: InferSection = field(default_factory=InferSection)
     output: OutputConfig = field(default_factory=OutputConfig)
+    runner: RunnerSection = field(default_factory=RunnerSection)
     source: str = "<defaults>"
 
+    def science_dict(self) -> dict[str, Any]:
+        """Every choice that can change a result (not where or how fast it runs): the configuration digest."""
+        import dataclasses
+        import json
 
-_SECTIONS = {"snapshot", "input", "synth", "observe", "train", "infer", "output"}
+        d = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        for key in ("output", "runner", "source"):
+            d.pop(key, None)
+        for section in ("synth", "observe"):
+            d[section].pop("workers", None)
+        return d
+
+
+_SECTIONS = {"snapshot", "input", "synth", "observe", "train", "infer", "output", "runner"}
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -184,6 +231,8 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
         raise ConfigError(f"{source} [train]: models must be some of ['mdn', 'flow', 'mse'], got {train.models}")
     if not 0.0 < train.test_fraction < 1.0:
         raise ConfigError(f"{source} [train]: test_fraction must be in (0, 1), got {train.test_fraction}")
+    if train.reuse:
+        train = _check_reuse(train, observe, base, source)
     infer = InferSection(**_typed(_table(data, "infer", source), InferSection, f"{source} [infer]"))
     if infer.model not in ("flow", "mdn"):
         raise ConfigError(f"{source} [infer]: model must be 'flow' or 'mdn', got {infer.model!r}")
@@ -199,7 +248,40 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
     out_values = _typed(_table(data, "output", source), OutputConfig, f"{source} [output]")
     if "dir" in out_values:
         out_values["dir"] = Path(out_values["dir"])
-    return RunConfig(snap, inp, synth, observe, train, infer, OutputConfig(**out_values), source)
+    runner = RunnerSection(**_typed(_table(data, "runner", source), RunnerSection, f"{source} [runner]"))
+    if runner.kind not in RUNNER_KINDS:
+        raise ConfigError(f"{source} [runner]: kind must be one of {list(RUNNER_KINDS)}, got {runner.kind!r}")
+    if min(runner.workers, runner.jobs, runner.cores, runner.processes) < 1:
+        raise ConfigError(f"{source} [runner]: workers, jobs, cores and processes must be >= 1")
+    if runner.address and runner.kind != "dask":
+        raise ConfigError(f"{source} [runner]: address is for kind = \"dask\", not {runner.kind!r}")
+    return RunConfig(snap, inp, synth, observe, train, infer, OutputConfig(**out_values), runner, source)
+
+
+def _check_reuse(train: TrainSection, observe: ObserveSection, base: Path, source: str) -> TrainSection:
+    """A model to reuse must exist and must have been trained on observations made as [observe] makes them."""
+    import dataclasses
+    import json
+
+    where = f"{source} [train] reuse"
+    path = Path(train.reuse).expanduser()
+    path = path if path.is_absolute() else base / path
+    kinds = [k for k in ("flow", "mdn", "mse") if (path / k / "model.json").is_file()]
+    if not kinds:
+        raise ConfigError(f"{where}: {path} holds no trained model (expected flow/, mdn/ or mse/ with model.json, "
+                          "as written by clustermass run or train)")
+    for name in ("split.json", "msigma.json"):
+        if not (path / name).is_file():
+            raise ConfigError(f"{where}: {path} lacks {name} (expected a run's model/ directory)")
+    description = json.loads((path / kinds[0] / "model.json").read_text())
+    trained = description.get("observations", {}).get("config", {}).get("cylinder", {})
+    mine = {k: v for k, v in dataclasses.asdict(observe).items() if k in trained}
+    differ = {k: (trained[k], v) for k, v in mine.items() if trained[k] != v}
+    if differ:
+        detail = ", ".join(f"{k}: model {a!r} vs [observe] {b!r}" for k, (a, b) in sorted(differ.items()))
+        raise ConfigError(f"{where}: {path} was trained on a different cylinder ({detail}); "
+                          "the features would not mean the same")
+    return dataclasses.replace(train, reuse=str(path))
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:

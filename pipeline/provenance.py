@@ -29,9 +29,23 @@ def digest_files(paths: Iterable[str | os.PathLike[str]]) -> str:
 
 
 def model_digest(model_dir: str | os.PathLike[str]) -> str:
-    """Digest of a model directory: its description and every parameter file."""
+    """Digest of a model directory: its description (less wall-clock timings) and every parameter file.
+
+    Training time is not part of a model's identity: retraining the same data with the same seeds gives the same
+    digest.
+    """
     d = Path(model_dir)
-    return digest_files([d / "model.json", *sorted(d.glob("member-*.msgpack"))])
+    description = _drop_timings(json.loads((d / "model.json").read_text()))
+    return digest_json({"description": description,
+                        "parameters": digest_files(sorted(d.glob("member-*.msgpack")))})
+
+
+def _drop_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_timings(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [_drop_timings(v) for v in obj]
+    return obj
 
 
 def now() -> str:

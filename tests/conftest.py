@@ -60,3 +60,36 @@ def halo_table() -> dict[str, np.ndarray]:
 @pytest.fixture
 def galaxy_table() -> dict[str, np.ndarray]:
     return fake_table(GALAXIES, 500, seed=1)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server and database for the whole session (~8 s to start, once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+TINY_RUN_CONFIG = """\
+# a box that runs end to end in seconds: 110 Mpc/h, one ensemble member, four epochs
+[synth]
+box_size = 110.0
+log10_mmin = 11.5
+workers = 1
+[observe]
+min_members = 5
+regions_per_side = 2
+[train]
+ensemble = 1
+max_epochs = 4
+hidden = [32, 32]
+[output]
+dir = "unused"
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run_config() -> str:
+    """The text of a configuration for a tiny synthetic run (see :data:`TINY_RUN_CONFIG`)."""
+    return TINY_RUN_CONFIG

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from pipeline.cli import main
@@ -69,35 +68,6 @@ def test_debug_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-def test_run_default_pipeline_on_a_small_box(tmp_path, capsys):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text("[synth]\nbox_size = 110.0\nlog10_mmin = 11.5\nworkers = 1\n[observe]\nmin_members = 5\n"
-                   "regions_per_side = 2\n[train]\nensemble = 1\nmax_epochs = 4\nhidden = [32, 32]\n"
-                   "[output]\ndir = \"unused\"\n")
-    code, out, _ = run_cli(capsys, "run", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
-    assert code == 0 and "run directory" in out
-    summary = json.loads((tmp_path / "run" / "ingest" / "summary.json").read_text())
-    assert summary["halos"]["rows"] > summary["halos"]["distinct"] > 0
-    assert summary["galaxies"]["rows"] > 0 and summary["snapshot"]["box_size"] == 110.0
-    assert summary["observations"]["kept"] > 0
-    assert (tmp_path / "run" / "members.h5").exists() and not (tmp_path / "run" / ".scratch").exists()
-    metrics = json.loads((tmp_path / "run" / "validation" / "metrics.json").read_text())
-    for key in ("scatter_dex", "bias_dex", "bias_by_bin", "coverage_68", "coverage_95", "msigma_scatter_dex",
-                "msigma_bias_dex", "mse_regression_bias_by_bin", "n_test"):
-        assert key in metrics
-    assert metrics["n_test"] == summary["validation"]["n_test"] > 0
-    for png in ("predicted_vs_true", "bias_scatter_by_bin", "coverage", "pit", "example_posteriors"):
-        assert (tmp_path / "run" / "validation" / f"{png}.png").stat().st_size > 1000
-    from catalogs.io import read_catalog
-
-    h5 = read_catalog(tmp_path / "run" / "catalog.h5")
-    fits = read_catalog(tmp_path / "run" / "catalog.fits")
-    assert len(h5) == len(fits) == metrics["n_test"]
-    assert h5.colnames == fits.colnames and "log10_m200c_pdf" in h5.colnames
-    np.testing.assert_array_equal(h5["log10_m200c_mode"], fits["log10_m200c_mode"])
-    assert h5.meta["provenance"]["target_prior"] == "flat"
-
-
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -110,6 +80,12 @@ def test_run_default_pipeline_on_a_small_box(tmp_path, capsys):
         ("[infer]\nmodel = 'svm'\n", "model must be 'flow' or 'mdn'"),
         ("[train]\nmodels = ['mdn']\n", "model 'flow' is not among the trained models"),
         ("[infer]\nprior = 'nowhere.csv'\n", "must be flat, tinker08, training or an existing table file"),
+        ("[runner]\nkind = 'kubernetes'\n", "kind must be one of ['threads', 'dask', 'slurm']"),
+        ("[runner]\naddress = 'tcp://h:8786'\n", "address is for kind = \"dask\""),
+        ("[runner]\nkind = 'slurm'\njobs = 0\n", "workers, jobs, cores and processes must be >= 1"),
+        ("[runner]\njob_extra_directives = '--qos=low'\n", "'job_extra_directives' must be a list of str"),
+        ("[runner]\nmemory = 32\n", "'memory' must be str"),
+        ("[train]\nreuse = 'no-such-model'\n", "holds no trained model"),
     ],
 )
 def test_config_errors(tmp_path, text, message):
@@ -167,3 +143,35 @@ def test_train_command_holds_out_test_hosts(tmp_path, capsys):
     assert json.loads((tmp_path / "m" / "msigma.json").read_text())["feature"] == "sigma_v_std"
     code, _, err = run_cli(capsys, "train", "--observations", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert code == 2 and "no mock observations here" in err
+
+
+def _fake_model(root, r_aperture: float, *, complete: bool = True):
+    (root / "flow").mkdir(parents=True)
+    description = {"observations": {"config": {"cylinder": {"r_aperture": r_aperture, "v_cut": 2500.0}}}}
+    (root / "flow" / "model.json").write_text(json.dumps(description))
+    if complete:
+        (root / "split.json").write_text("{}")
+        (root / "msigma.json").write_text("{}")
+
+
+def test_config_reuse_checks_the_model_directory_and_its_cylinder(tmp_path):
+    _fake_model(tmp_path / "m", 1.6)
+    cfg = parse_config({"train": {"reuse": "m"}}, base=tmp_path)
+    assert cfg.train.reuse == str(tmp_path / "m")
+    _fake_model(tmp_path / "wide", 2.0)
+    with pytest.raises(ConfigError, match=r"different cylinder \(r_aperture: model 2.0 vs \[observe\] 1.6\)"):
+        parse_config({"train": {"reuse": "wide"}}, base=tmp_path)
+    _fake_model(tmp_path / "bare", 1.6, complete=False)
+    with pytest.raises(ConfigError, match=r"lacks split\.json"):
+        parse_config({"train": {"reuse": "bare"}}, base=tmp_path)
+
+
+def test_run_dry_run_validates_and_prints_the_slurm_job_script(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[runner]\nkind = 'slurm'\ncores = 16\nmemory = '64GB'\nqueue = 'regular'\naccount = 'm1234'\n")
+    code, out, err = run_cli(capsys, "run", "--config", str(cfg), "--out", str(tmp_path / "r"), "--dry-run")
+    assert code == 0, err
+    assert "(valid)" in out and "#SBATCH" in out and "-p regular" in out and "-A m1234" in out
+    assert not (tmp_path / "r").exists()  # nothing ran
+    code, out, err = run_cli(capsys, "run", "--dry-run")
+    assert code == 0 and "synthetic box, 800 Mpc/h" in out and "#SBATCH" not in out

@@ -1,0 +1,216 @@
+"""The flow's tasks: one per stage (the features stage is a plan, one mapped task per region, and an assembly).
+
+Every task reads its inputs from files, writes its outputs into the run directory under temporary names renamed
+when complete, and returns a small :class:`~flows.keys.StageResult` (output stamps, a content digest, facts) that
+Prefect persists in the run directory. Parameters are paths, configuration dictionaries and the content digests
+of the files read, so ``cache_policy = INPUTS + TASK_SOURCE`` re-runs a task exactly when what it reads, how it
+is configured, or its code changes. Parameters that change only speed or verbosity (``workers``, ``quiet``) are
+left out of the key. I/O-bound stages retry with exponential backoff; compute stages fail fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.tasks import exponential_backoff
+
+from flows.keys import StageResult, content_digest, sha256_file, stamp
+from pipeline.progress import Progress
+from pipeline.provenance import digest_json
+
+CACHED = INPUTS + TASK_SOURCE - "workers" - "quiet"
+IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+                              "retry_jitter_factor": 0.5}
+
+
+def _snapshot(snapshot: dict | None):
+    from pipeline.snapshot import Snapshot
+
+    return None if snapshot is None else Snapshot.from_dict(snapshot)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# -- synth ---------------------------------------------------------------------------------------------------------
+@task(name="synth", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
+def synth_box(synth: dict[str, Any], fmt: str, box_dir: str, code: str, workers: int = 2,
+              quiet: bool = True) -> StageResult:
+    """Write the synthetic MultiDark-style box ``synth`` (a :class:`SynthConfig` as a dict) into ``box_dir``."""
+    from ingest.synth.box import SynthConfig
+    from ingest.synth.synthesize import output_paths, synthesize
+
+    config = SynthConfig(**synth)
+    get_run_logger().info("synthesising a %.0f Mpc/h box (seed %d) into %s", config.box_size, config.seed, box_dir)
+    synthesize(box_dir, config, fmt=fmt, workers=workers, progress=Progress("synth cells", enabled=not quiet))
+    halos, galaxies = output_paths(box_dir, fmt)
+    files = [halos, galaxies, Path(box_dir) / "snapshot.json"]
+    return StageResult(stamp(files), content_digest(files),
+                       {"halos": str(halos), "galaxies": str(galaxies), "format": fmt})
+
+
+# -- ingest --------------------------------------------------------------------------------------------------------
+@task(name="ingest", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
+def ingest_catalogs(halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
+                    snapshot: dict | None, inputs_digest: str, run_dir: str, code: str) -> StageResult:
+    """Read both catalogs (dask, out of core), check them and write ``ingest/summary.json``.
+
+    The digest is the identity of the ingested data: the input files' content digest plus the snapshot.
+    """
+    from flows.run import summarise
+    from ingest.catalog import read_galaxies, read_halos
+
+    h = read_halos(halos, format=halo_format, snapshot=_snapshot(snapshot))
+    g = read_galaxies(galaxies, format=galaxy_format, snapshot=_snapshot(snapshot))
+    summary = summarise(h, g)
+    path = _write_json(Path(run_dir) / "ingest" / "summary.json", summary)
+    get_run_logger().info("ingested %d halos and %d galaxies", summary["halos"]["rows"], summary["galaxies"]["rows"])
+    snap = h.snapshot.to_dict()
+    return StageResult(stamp([path]), digest_json({"inputs": inputs_digest, "snapshot": snap}),
+                       {"snapshot": snap, "summary": summary})
+
+
+# -- features: plan, regions (mapped), assembly ---------------------------------------------------------------------
+@task(name="features-plan", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
+def plan_features(halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
+                  snapshot: dict | None, ingest_digest: str, observe: dict[str, Any], plan_dir: str,
+                  code: str) -> StageResult:
+    """Select the hosts and stream the galaxies once into per-region bucket files under ``plan_dir``."""
+    from features.io import save_plan
+    from features.observe import plan_observations
+    from flows.run import observation_config
+    from ingest.catalog import read_galaxies, read_halos
+    from pipeline.config import ObserveSection
+
+    h = read_halos(halos, format=halo_format, snapshot=_snapshot(snapshot))
+    g = read_galaxies(galaxies, format=galaxy_format, snapshot=_snapshot(snapshot))
+    plan = plan_observations(h, g, observation_config(ObserveSection(**observe)), plan_dir)
+    files = save_plan(plan)
+    get_run_logger().info("%d hosts, %d region jobs", len(plan.hosts), len(plan.jobs))
+    return StageResult(stamp(files), digest_json({"ingest": ingest_digest, "observe": observe, "code": code}),
+                       {"jobs": [j.to_dict() for j in plan.jobs], "n_hosts": len(plan.hosts)})
+
+
+@task(name="features-region", cache_policy=CACHED, persist_result=True)
+def observe_region_task(plan_dir: str, job: dict[str, Any], plan_digest: str, region_path: str,
+                        code: str) -> StageResult:
+    """Cylinder search and features of one region job's hosts; writes ``region_path`` (.npz)."""
+    from features.io import load_plan, write_region
+    from features.observe import RegionJob, observe_region
+
+    plan = load_plan(plan_dir)
+    region = RegionJob(**job)
+    table, members = observe_region(plan, region)
+    path = write_region(region_path, table, members)
+    return StageResult(stamp([path]), sha256_file(path), {"rows": len(table)})
+
+
+@task(name="features-assemble", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
+def assemble_features(plan_dir: str, region_paths: list[str], region_digests: list[str], run_dir: str,
+                      code: str) -> StageResult:
+    """Concatenate the regions, apply ``min_members``, write ``observations/`` and ``members.h5``.
+
+    Removes the plan's bucket files afterwards (the region files stay: they are the cached regions' outputs).
+    """
+    from features.io import load_plan, read_region, write_observations
+    from features.observe import combine_observations, remove_buckets
+
+    plan = load_plan(plan_dir)
+    obs = combine_observations(plan, [read_region(p) for p in region_paths])
+    obs_dir, members = write_observations(run_dir, obs)
+    remove_buckets(plan_dir)
+    get_run_logger().info("%d observations of %d hosts kept, %d dropped (< %d members)", len(obs.table),
+                          obs.n_hosts, obs.dropped["total"], plan.config.cylinder.min_members)
+    return StageResult(stamp([obs_dir, members]), content_digest([obs_dir], root=run_dir),
+                       {"observations": len(obs.table), "hosts": obs.n_hosts, "dropped": obs.dropped,
+                        "dir": str(obs_dir), "members": str(members)})
+
+
+# -- training ------------------------------------------------------------------------------------------------------
+def read_table(run_dir: str):
+    """The observation table (pandas) and its metadata from ``run_dir/observations``."""
+    from features.io import read_observations
+
+    frame, meta = read_observations(run_dir)
+    return frame.compute().reset_index(drop=True), meta
+
+
+@task(name="train", cache_policy=CACHED, persist_result=True)
+def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], model_dir: str, code: str,
+                 quiet: bool = True) -> StageResult:
+    """Train the configured models and the M-sigma baseline on the non-test hosts; write ``model_dir``.
+
+    The directory appears whole: it is trained into a hidden sibling and renamed.
+    """
+    from flows.train import train_stage
+    from pipeline.config import TrainSection
+
+    table, meta = read_table(run_dir)
+    target = Path(model_dir)
+    tmp = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    section = TrainSection(**{k: v for k, v in train.items() if k != "reuse"})
+    summary = train_stage(table, section, tmp, quiet=quiet,
+                          observations={"config": meta["config"], "snapshot": meta["snapshot"]})
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    summary = json.loads(json.dumps(summary).replace(str(tmp), str(target)))
+    return StageResult(stamp([target]), content_digest([target], root=target), summary)
+
+
+# -- inference: catalogs and validation ----------------------------------------------------------------------------
+def _catalog_rows(run_dir: str, model_dir: str, rows: str):
+    from flows.infer import held_out
+
+    table, _ = read_table(run_dir)
+    return table if rows == "all" else held_out(table, Path(model_dir))
+
+
+ROWS_DESCRIPTION = {"held-out": "held-out test hosts (never seen in training)",
+                    "all": "every observation (the model was trained elsewhere)"}
+
+
+@task(name="catalogs", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
+def write_catalogs(run_dir: str, observations_digest: str, model_dir: str, model_digest: str, prior: str,
+                   prior_digest: str, main: str, rows: str, snapshot: dict, config_digest: str,
+                   code: str) -> StageResult:
+    """Posterior mass catalogs ``catalog.h5`` and ``catalog.fits`` of the ``rows`` observations (streamed)."""
+    from flows.infer import catalog_stage
+
+    table = _catalog_rows(run_dir, model_dir, rows)
+    paths = catalog_stage(table, model_dir, run_dir, prior=prior, snapshot=_snapshot(snapshot), main=main,
+                          rows=ROWS_DESCRIPTION[rows], config_digest=config_digest)
+    get_run_logger().info("catalogs of %d observations: %s", len(table), ", ".join(map(str, paths)))
+    return StageResult(stamp(paths), digest_json(stamp(paths)), {"rows": len(table), "files": list(map(str, paths))})
+
+
+@task(name="validate", cache_policy=CACHED, persist_result=True)
+def validate_models(run_dir: str, observations_digest: str, model_dir: str, model_digest: str, prior: str,
+                    prior_digest: str, main: str, rows: str, snapshot: dict, code: str) -> StageResult:
+    """Accuracy, calibration and the baselines on the ``rows`` observations: ``validation/`` (metrics + plots)."""
+    from flows.infer import load_models, load_msigma
+    from inference.validate import validate
+
+    table = _catalog_rows(run_dir, model_dir, rows)
+    models = load_models(Path(model_dir))
+    out = Path(run_dir) / "validation"
+    metrics, _ = validate(table, models, load_msigma(Path(model_dir) / "msigma.json"), prior=prior, main=main,
+                          snapshot=_snapshot(snapshot), out_dir=out)
+    keys = ("n_test", "scatter_dex", "bias_dex", "coverage_68", "coverage_95", "msigma_scatter_dex",
+            "msigma_bias_dex")
+    summary = {k: metrics[k] for k in keys if k in metrics}
+    if "acceptance" in metrics:
+        summary["acceptance"] = metrics["acceptance"]
+    return StageResult(stamp([out]), digest_json(stamp([out])), summary)

@@ -1,0 +1,153 @@
+"""The Prefect flow `mass_catalog` end to end on a tiny synthetic box: outputs, caching, invalidation, resume.
+
+One temporary Prefect server serves the module (``prefect_harness``). Cache behaviour is asserted on the final
+states of the task runs (``Cached`` / ``Completed``), which the flow reports per stage in its summary and which
+are checked once against Prefect's API too — never on timings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalogs.io import read_catalog
+from flows.mass_catalog import STAGES, run
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SPEC_COLUMNS = ["cluster_id", "los", "n_members", "sigma_v", "log10_m200c_mode", "log10_m200c_median",
+                "log10_m200c_mean", "log10_m200c_p16", "log10_m200c_p84", "log10_m200c_p025", "log10_m200c_p975",
+                "log10_m200c_uncorrected_mode", "log10_m200c_uncorrected_mean", "log10_m200c_pdf",
+                "log10_m200c_true"]
+UPSTREAM = ("synth", "ingest")
+FEATURES_AND_AFTER = ("features-plan", "features-region", "features-assemble", "train", "catalogs", "validate")
+
+
+def states(summary: dict) -> dict[str, str]:
+    return {stage: rec["state"] for stage, rec in summary["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_run_config):
+    """(config path, run directory, summary) of one uninterrupted run."""
+    base = tmp_path_factory.mktemp("flow")
+    cfg = base / "tiny.toml"
+    cfg.write_text(tiny_run_config)
+    out = base / "run"
+    return cfg, out, run(cfg, out)
+
+
+def assert_same_catalogs(a: Path, b: Path) -> None:
+    for name in ("catalog.h5", "catalog.fits"):
+        ta, tb = read_catalog(a / name), read_catalog(b / name)
+        assert ta.colnames == tb.colnames and len(ta) == len(tb)
+        for col in ta.colnames:
+            np.testing.assert_array_equal(np.asarray(ta[col]), np.asarray(tb[col]), err_msg=f"{name}:{col}")
+        pa, pb = ta.meta["provenance"], tb.meta["provenance"]
+        assert {k: v for k, v in pa.items() if k != "created"} == {k: v for k, v in pb.items() if k != "created"}
+
+
+def test_first_run_completes_every_stage_and_writes_the_spec_outputs(first_run):
+    _, out, summary = first_run
+    assert list(summary["stages"]) == list(STAGES)
+    assert set(states(summary).values()) == {"Completed"}
+    h5, fits = read_catalog(out / "catalog.h5"), read_catalog(out / "catalog.fits")
+    assert h5.colnames == fits.colnames and set(SPEC_COLUMNS) <= set(h5.colnames)
+    assert len(h5) == len(fits) == summary["catalog_rows"] == summary["validation"]["n_test"] > 0
+    np.testing.assert_array_equal(h5["log10_m200c_mode"], fits["log10_m200c_mode"])
+    assert h5.meta["provenance"]["target_prior"] == "flat" and h5.meta["provenance"]["config_digest"]
+    for kind in ("mdn", "flow", "mse"):
+        assert (out / "model" / kind / "model.json").exists()
+    import json
+
+    metrics = json.loads((out / "validation" / "metrics.json").read_text())
+    for key in ("scatter_dex", "bias_dex", "bias_by_bin", "coverage_68", "coverage_95", "msigma_scatter_dex",
+                "msigma_bias_dex", "mse_regression_bias_by_bin", "n_test"):
+        assert key in metrics
+    for png in ("predicted_vs_true", "bias_scatter_by_bin", "coverage", "pit", "example_posteriors"):
+        assert (out / "validation" / f"{png}.png").stat().st_size > 1000
+    ingest = json.loads((out / "ingest" / "summary.json").read_text())
+    assert ingest["halos"]["rows"] > ingest["halos"]["distinct"] > 0 and ingest["snapshot"]["box_size"] == 110.0
+    assert json.loads((out / "run.json").read_text())["stages"] == summary["stages"]
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("bucket-*.bin"))
+
+
+def test_second_run_hits_the_cache_for_every_stage(first_run):
+    cfg, out, _ = first_run
+    summary = run(cfg, out)
+    assert states(summary) == dict.fromkeys(STAGES, "Cached")
+    # the same, straight from Prefect's record of the task runs of that flow run
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
+    assert task_runs and {tr.state.name for tr in task_runs} == {"Cached"}
+    assert {tr.name.rsplit("-", 1)[0] for tr in task_runs} == set(STAGES)
+
+
+def test_changed_cylinder_reruns_features_and_after_only(first_run, tmp_path):
+    cfg, out, _ = first_run
+    work = tmp_path / "run"
+    shutil.copytree(out, work)  # a copy: the cache lives in the run directory, keyed by its path
+    first = run(cfg, work)
+    assert set(states(first).values()) == {"Completed"}  # a new directory is a new cache
+    changed = tmp_path / "changed.toml"
+    changed.write_text(cfg.read_text().replace("min_members = 5", "min_members = 5\nr_aperture = 1.4"))
+    summary = run(changed, work)
+    s = states(summary)
+    assert all(s[k] == "Cached" for k in UPSTREAM), s
+    assert all(s[k] == "Completed" for k in FEATURES_AND_AFTER), s
+    assert read_catalog(work / "catalog.h5").meta["provenance"]["config_digest"] != \
+        read_catalog(out / "catalog.h5").meta["provenance"]["config_digest"]
+    assert len(list((work / "features").iterdir())) == 1  # the superseded plan is gone
+
+
+def test_deleted_outputs_are_recomputed_not_trusted(first_run):
+    cfg, out, _ = first_run
+    (out / "catalog.fits").unlink()
+    region = next((out / "features").glob("*/regions/*.npz"))
+    region.unlink()
+    summary = run(cfg, out)
+    s = states(summary)
+    assert s["catalogs"] == "Completed" and s["features-region"] == "Completed"
+    assert summary["stages"]["features-region"]["cached"] == summary["stages"]["features-region"]["tasks"] - 1
+    # the region's bytes came back identical, so nothing downstream of it re-ran
+    assert s["features-assemble"] == s["train"] == s["validate"] == "Cached"
+    assert region.exists() and (out / "catalog.fits").exists()
+
+
+def test_killed_run_resumes_to_identical_catalogs(first_run, tmp_path):
+    cfg, reference, _ = first_run
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg), "--out", str(out),
+                             "--quiet"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    partial = out / ".model.partial"
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed_during_training = partial.exists() and proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed_during_training, proc.stderr.read().decode()[-2000:]
+    assert not (out / "catalog.h5").exists() and not (out / "model").exists()
+
+    summary = run(cfg, out)
+    s = states(summary)
+    assert all(s[k] == "Cached" for k in ("synth", "ingest", "features-plan", "features-assemble")), s
+    assert s["train"] == s["catalogs"] == s["validate"] == "Completed"
+    assert not list(out.rglob("*.partial"))
+    assert_same_catalogs(reference, out)
