@@ -47,6 +47,7 @@ bench: $(VENV)/.installed-run
 	$(BIN)/python bench/bench_train.py --convergence 300000
 	$(BIN)/python bench/bench_inference.py
 	$(BIN)/python bench/bench_catalogs.py
+	$(BIN)/python bench/bench_run.py
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache
