@@ -21,12 +21,21 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 
 from flows.keys import StageResult, content_digest, sha256_file, stamp
+from pipeline.errors import ClusterMassError
 from pipeline.progress import Progress
 from pipeline.provenance import digest_json
 
 CACHED = INPUTS + TASK_SOURCE - "workers" - "quiet"
+
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures (a file system hiccup, a busy node), not bad input: a ClusterMassError is final."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, ClusterMassError)
+
+
 IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
-                              "retry_jitter_factor": 0.5}
+                              "retry_jitter_factor": 0.5, "retry_condition_fn": transient}
 
 
 def _snapshot(snapshot: dict | None):

@@ -386,6 +386,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _dry_run(config, out)
     from flows.mass_catalog import run
 
+    if not args.debug:
+        _quiet_prefect_about_input_errors()
     summary = run(args.config, out, quiet=args.quiet)
     print(f"run directory: {summary['run_dir']}")
     print("stages (state, seconds):")
@@ -402,6 +404,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     for key, value in summary["outputs"].items():
         print(f"  {key:13s} {value}")
     return 0
+
+
+def _quiet_prefect_about_input_errors() -> None:
+    """Keep Prefect's handlers from printing tracebacks of bad input: `run` reports it as one `error:` line."""
+    import logging
+
+    names = {cls.__name__ for cls in _subclasses(ClusterMassError)}
+
+    def expected(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ClusterMassError):
+            return False
+        message = record.getMessage()
+        return not any(f"{n}(" in message or f"{n}:" in message for n in names)
+
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("prefect")]
+    for logger in [logging.getLogger(), logging.getLogger("prefect"), *loggers]:  # the console handler: root
+        for handler in logger.handlers:
+            handler.addFilter(expected)
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
 
 
 def _dry_run(config, out: Path) -> int:

@@ -151,3 +151,41 @@ def test_killed_run_resumes_to_identical_catalogs(first_run, tmp_path):
     assert s["train"] == s["catalogs"] == s["validate"] == "Completed"
     assert not list(out.rglob("*.partial"))
     assert_same_catalogs(reference, out)
+
+
+def test_bad_input_inside_the_flow_is_one_error_line_and_not_retried(tmp_path):
+    from pipeline.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "box"), "--box-size", "60", "--log10-mmin", "11.5", "--quiet",
+                 "--workers", "1"]) == 0
+    import h5py
+
+    with h5py.File(tmp_path / "box" / "halos.h5", "r+") as fh:
+        m = fh["m200c"][:]
+        m[5] = -1.0
+        fh["m200c"][:] = m
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[input]\nhalos = "box/halos.h5"\ngalaxies = "box/galaxies.h5"\n')
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(cfg), "--out",
+                           str(tmp_path / "run"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'box' / 'halos.h5'}: column 'm200c', row 6: expected a non-negative mass [Msun/h], "
+        "found -1"]
+    assert not (tmp_path / "run" / "catalog.h5").exists()
+
+
+def test_retries_are_for_transient_failures_only():
+    from flows.tasks import IO_RETRIES, transient
+    from pipeline.errors import InputError
+
+    class Failed:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def result(self, raise_on_failure=True):
+            return self.exc
+
+    assert IO_RETRIES["retries"] == 2 and IO_RETRIES["retry_condition_fn"] is transient
+    assert transient(None, None, Failed(OSError(5, "Input/output error")))
+    assert not transient(None, None, Failed(InputError("halos.h5", "bad row")))
