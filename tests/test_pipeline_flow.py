@@ -189,3 +189,13 @@ def test_retries_are_for_transient_failures_only():
     assert IO_RETRIES["retries"] == 2 and IO_RETRIES["retry_condition_fn"] is transient
     assert transient(None, None, Failed(OSError(5, "Input/output error")))
     assert not transient(None, None, Failed(InputError("halos.h5", "bad row")))
+
+
+def test_dask_task_runner_gives_the_same_catalogs(first_run, tmp_path):
+    """[runner] kind = "dask" (a local cluster of threads): every stage submitted to dask, same results."""
+    cfg, reference, _ = first_run
+    dask_cfg = tmp_path / "dask.toml"
+    dask_cfg.write_text(cfg.read_text() + '[runner]\nkind = "dask"\nworkers = 2\n')
+    summary = run(dask_cfg, tmp_path / "run")
+    assert set(states(summary).values()) == {"Completed"}
+    assert_same_catalogs(reference, tmp_path / "run")
