@@ -100,6 +100,12 @@ def read_observations(run_dir: str | os.PathLike[str]) -> tuple[dd.DataFrame, di
     return dd.read_parquet(str(path / "part-*.parquet")), meta
 
 
+def load_observation_table(run_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The whole feature table in memory (pandas, rows in stored order) and its metadata."""
+    frame, meta = read_observations(run_dir)
+    return frame.compute().reset_index(drop=True), meta
+
+
 def read_members(run_dir: str | os.PathLike[str]) -> Members:
     """The ragged member arrays, in the feature table's row order."""
     path = Path(run_dir) / MEMBERS_FILE

@@ -34,6 +34,7 @@ from prefect.tasks import Task
 from flows import tasks as t
 from flows.keys import StageResult, code_digest, content_digest, intact
 from pipeline.config import RunConfig, load_config
+from pipeline.files import write_json
 from pipeline.progress import Progress
 from pipeline.provenance import digest_json
 
@@ -177,7 +178,7 @@ def _pipeline(cfg: RunConfig, run_dir: Path, st: StageRunner, quiet: bool) -> di
         },
         "catalog_rows": catalogs_result.info["rows"],
     }
-    t._write_json(run_dir / "run.json", summary)
+    write_json(run_dir / "run.json", summary, indent=2)
     return summary
 
 
@@ -206,7 +207,7 @@ def _features(cfg: RunConfig, run_dir: Path, st: StageRunner, catalogs: dict[str
         f.wait()
     states = [f.state for f in futures]
     results: list[StageResult | None] = [s.result() if s.is_completed() else None for s in states]
-    redo = [i for i, r in enumerate(results) if r is None or not intact(r)]
+    redo = [i for i, r in enumerate(results) if r is None or not intact(r)]  # failed, or outputs gone
     if redo:
         if not all((plan_dir / j["bucket"]).exists() for j in jobs):
             st.say(f"features: {len(redo)} region(s) to re-run and the buckets are gone; re-running the plan")
@@ -214,13 +215,13 @@ def _features(cfg: RunConfig, run_dir: Path, st: StageRunner, catalogs: dict[str
         again = [st.task(t.observe_region_task, refresh=True).submit(job=jobs[i], region_path=paths[i], **common)
                  for i in redo]
         for i, fut in zip(redo, again, strict=True):
-            results[i] = fut.result()
+            results[i] = fut.result()  # raises if a region fails again
     cached = sum(1 for i, s in enumerate(states) if s.name == "Cached" and i not in redo)
     st.done("features-region", "Cached" if cached == len(jobs) else "Completed", time.perf_counter() - t0,
             tasks=len(jobs), cached=cached)
 
     assembled = st.run("features-assemble", t.assemble_features, plan_dir=str(plan_dir), region_paths=paths,
-                       region_digests=[r.digest for r in results if r is not None], run_dir=str(run_dir), code=code)
+                       region_digests=[r.digest for r in results], run_dir=str(run_dir), code=code)
     for other in features_dir.iterdir():  # plans of other configurations: their outputs are superseded
         if other.is_dir() and other != plan_dir:
             shutil.rmtree(other, ignore_errors=True)

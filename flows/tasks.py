@@ -22,6 +22,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.keys import StageResult, content_digest, sha256_file, stamp
 from pipeline.errors import ClusterMassError
+from pipeline.files import write_json
 from pipeline.progress import Progress
 from pipeline.provenance import digest_json
 
@@ -44,12 +45,14 @@ def _snapshot(snapshot: dict | None):
     return None if snapshot is None else Snapshot.from_dict(snapshot)
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+def _open_catalogs(halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
+                   snapshot: dict | None):
+    """Both catalogs, lazily (dask), with the configured snapshot when given."""
+    from ingest.catalog import read_galaxies, read_halos
+
+    snap = _snapshot(snapshot)
+    return (read_halos(halos, format=halo_format, snapshot=snap),
+            read_galaxies(galaxies, format=galaxy_format, snapshot=snap))
 
 
 # -- synth ---------------------------------------------------------------------------------------------------------
@@ -78,12 +81,10 @@ def ingest_catalogs(halos: str, galaxies: str, halo_format: str | None, galaxy_f
     The digest is the identity of the ingested data: the input files' content digest plus the snapshot.
     """
     from flows.run import summarise
-    from ingest.catalog import read_galaxies, read_halos
 
-    h = read_halos(halos, format=halo_format, snapshot=_snapshot(snapshot))
-    g = read_galaxies(galaxies, format=galaxy_format, snapshot=_snapshot(snapshot))
+    h, g = _open_catalogs(halos, galaxies, halo_format, galaxy_format, snapshot)
     summary = summarise(h, g)
-    path = _write_json(Path(run_dir) / "ingest" / "summary.json", summary)
+    path = write_json(Path(run_dir) / "ingest" / "summary.json", summary, indent=2)
     get_run_logger().info("ingested %d halos and %d galaxies", summary["halos"]["rows"], summary["galaxies"]["rows"])
     snap = h.snapshot.to_dict()
     return StageResult(stamp([path]), digest_json({"inputs": inputs_digest, "snapshot": snap}),
@@ -99,11 +100,9 @@ def plan_features(halos: str, galaxies: str, halo_format: str | None, galaxy_for
     from features.io import save_plan
     from features.observe import plan_observations
     from flows.run import observation_config
-    from ingest.catalog import read_galaxies, read_halos
     from pipeline.config import ObserveSection
 
-    h = read_halos(halos, format=halo_format, snapshot=_snapshot(snapshot))
-    g = read_galaxies(galaxies, format=galaxy_format, snapshot=_snapshot(snapshot))
+    h, g = _open_catalogs(halos, galaxies, halo_format, galaxy_format, snapshot)
     plan = plan_observations(h, g, observation_config(ObserveSection(**observe)), plan_dir)
     files = save_plan(plan)
     get_run_logger().info("%d hosts, %d region jobs", len(plan.hosts), len(plan.jobs))
@@ -147,14 +146,6 @@ def assemble_features(plan_dir: str, region_paths: list[str], region_digests: li
 
 
 # -- training ------------------------------------------------------------------------------------------------------
-def read_table(run_dir: str):
-    """The observation table (pandas) and its metadata from ``run_dir/observations``."""
-    from features.io import read_observations
-
-    frame, meta = read_observations(run_dir)
-    return frame.compute().reset_index(drop=True), meta
-
-
 @task(name="train", cache_policy=CACHED, persist_result=True)
 def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], model_dir: str, code: str,
                  quiet: bool = True) -> StageResult:
@@ -162,10 +153,11 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
 
     The directory appears whole: it is trained into a hidden sibling and renamed.
     """
+    from features.io import load_observation_table
     from flows.train import train_stage
     from pipeline.config import TrainSection
 
-    table, meta = read_table(run_dir)
+    table, meta = load_observation_table(run_dir)
     target = Path(model_dir)
     tmp = target.with_name(f".{target.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -181,9 +173,10 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
 
 # -- inference: catalogs and validation ----------------------------------------------------------------------------
 def _catalog_rows(run_dir: str, model_dir: str, rows: str):
+    from features.io import load_observation_table
     from flows.infer import held_out
 
-    table, _ = read_table(run_dir)
+    table, _ = load_observation_table(run_dir)
     return table if rows == "all" else held_out(table, Path(model_dir))
 
 

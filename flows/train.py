@@ -7,7 +7,6 @@ the held-out test hosts, which no model has seen.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from models.msigma import fit_msigma
 from models.spec import ModelSpec, TrainSpec
 from pipeline.config import TrainSection
 from pipeline.errors import ConfigError
+from pipeline.files import write_json
 
 MSIGMA_FEATURE = "sigma_v_std"  # the plain dispersion of all cylinder members (the contaminated baseline)
 
@@ -77,9 +77,9 @@ def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLi
         summary["models"][kind] = {"dir": str(out / kind), "best_val_nll": [min(h.val_loss) for h in histories],
                                    "epochs": [len(h.val_loss) for h in histories]}
     ms = fit_msigma(table.loc[tr, MSIGMA_FEATURE].to_numpy(), y)
-    _write_json(out / "msigma.json", {"feature": MSIGMA_FEATURE, "unit": {"sigma_v": "km/s", "M200c": "Msun/h"},
+    write_json(out / "msigma.json", {"feature": MSIGMA_FEATURE, "unit": {"sigma_v": "km/s", "M200c": "Msun/h"},
                                       **ms.to_dict()})
-    _write_json(out / "split.json", {"test_fraction": section.test_fraction, "seed": section.seed + 7919,
+    write_json(out / "split.json", {"test_fraction": section.test_fraction, "seed": section.seed + 7919,
                                      "test_cluster_ids": sorted(set(table.loc[test, "cluster_id"].tolist()))})
     summary["msigma"] = ms.to_dict()
     return summary
@@ -96,7 +96,3 @@ class _EpochProgress:
                   f"val {what} {val_loss:8.4f}", flush=True)
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)

@@ -10,7 +10,6 @@ held-out set importance-weighted to the target prior, for the uncorrected one on
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from inference.priors import TargetPrior, resolve
 from inference.summaries import pit
 from models.model import TARGET, TrainedModel, predict_point
 from models.msigma import MSigmaFit
+from pipeline.files import write_json
 from pipeline.snapshot import Snapshot
 
 MASS_RANGE = (14.0, 15.0)
@@ -179,9 +179,7 @@ def validate(
         plots.pit_histograms({"corrected (weighted)": hist_corr, "uncorrected": hist_raw}, out / "pit.png")
         pick = np.argsort(true)[np.linspace(0, len(true) - 1, n_examples).astype(int)]
         plots.example_posteriors(g, pdf[pick], raw_pdf[pick], true[pick], out / "example_posteriors.png")
-        tmp = out / ".metrics.json.partial"
-        tmp.write_text(json.dumps(metrics, indent=1) + "\n")
-        tmp.replace(out / "metrics.json")
+        write_json(out / "metrics.json", metrics)
     return metrics, {"grid": g, "pdf": pdf, "values": values, "target": t}
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.files import write_json
 from pipeline.snapshot import PartialSnapshot, Snapshot
 
 SIDECAR_NAME = "snapshot.json"
@@ -131,9 +132,4 @@ def sidecar_hints(path: str) -> PartialSnapshot | None:
 
 def write_sidecar(directory: str | Path, snapshot: Snapshot, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``snapshot.json`` atomically into ``directory``."""
-    target = Path(directory) / SIDECAR_NAME
-    tmp = target.with_name(f".{target.name}.partial")
-    payload = snapshot.to_dict() | dict(extra or {})
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, target)
-    return target
+    return write_json(Path(directory) / SIDECAR_NAME, snapshot.to_dict() | dict(extra or {}), indent=2)

@@ -289,7 +289,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from features.io import read_observations
+    from features.io import load_observation_table
     from flows.train import train_stage
     from pipeline.config import load_config
 
@@ -298,8 +298,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "test_fraction": args.test_fraction, "seed": args.seed}
     section = dataclasses.replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()
-    frame, meta = read_observations(args.observations)
-    summary = train_stage(frame.compute().reset_index(drop=True), section, args.out, kinds=args.kind,
+    table, meta = load_observation_table(args.observations)
+    summary = train_stage(table, section, args.out, kinds=args.kind,
                           quiet=args.quiet, observations={"config": meta["config"], "snapshot": meta["snapshot"]})
     for kind, info in summary["models"].items():
         best = ", ".join(f"{v:.4f}" for v in info["best_val_nll"])
@@ -313,11 +313,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _observation_table(directory: Path):
-    from features.io import read_observations
+    from features.io import load_observation_table
     from pipeline.snapshot import Snapshot
 
-    frame, meta = read_observations(directory)
-    return frame.compute().reset_index(drop=True), Snapshot.from_dict(meta["snapshot"])
+    table, meta = load_observation_table(directory)
+    return table, Snapshot.from_dict(meta["snapshot"])
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
