@@ -1,6 +1,6 @@
 """The posterior mass catalog: its columns (name, dtype, unit, description), its grid and its provenance.
 
-One table, the same in both formats (SPEC "Posterior mass catalog: columns"):
+One table, the same in both formats (README, "Posterior mass catalog"):
 
 * scalar columns, one value per row (cluster x line of sight);
 * ``log10_m200c_pdf``: a float32 vector of length G per row, the posterior density **per dex** on the shared grid
@@ -78,7 +78,7 @@ def _summary(stat: str, what: str, *, uncorrected: bool = False) -> CatalogColum
     return CatalogColumn(name, "float32", LOG_MASS_UNIT, f"{what} of log10 M200c [Msun/h], {prior}")
 
 
-#: The columns, in file order (SPEC order).
+#: The columns, in file order (the order README lists them in).
 COLUMNS: tuple[CatalogColumn, ...] = (
     CatalogColumn("cluster_id", "int64", "", "host halo id"),
     CatalogColumn("los", "int16", "", "line-of-sight index"),
@@ -131,23 +131,6 @@ def column(name: str) -> CatalogColumn:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(name) from None
-
-
-def schema_table():
-    """The schema as an ``astropy.table.Table`` (name, dtype, unit, required, vector, description), for docs."""
-    from astropy.table import Table
-
-    rows = [*COLUMNS, GRID]
-    return Table(
-        {
-            "name": [c.name for c in rows],
-            "dtype": [c.dtype for c in rows],
-            "unit": [c.unit for c in rows],
-            "required": [c.required and c is not GRID for c in rows],
-            "vector": [c.vector for c in rows],
-            "description": [c.description for c in rows],
-        }
-    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows.config import RunConfig, load_config
 from flows.runners import describe, slurm_job_script, task_runner
-from pipeline.config import RunConfig, load_config
 from pipeline.errors import ClusterMassError, ConfigError
 
 if TYPE_CHECKING:

@@ -11,18 +11,21 @@ each output's (size, mtime_ns) :func:`stamp`, and the flow re-runs a task whose 
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import inspect
 import json
 import os
+import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_PROJECT = Path(__file__).resolve().parent.parent
+from pipeline.imports import ROOT, closure, imports_in, module_file
+
 _MEMO_LOCK = threading.Lock()
-_PRESENTATION = {"cli.py", "__main__.py", "progress.py", "caches.py"}  # pipeline/ files no result depends on
 
 
 @dataclass(frozen=True)
@@ -116,19 +119,59 @@ def content_digest(paths: Iterable[str | os.PathLike[str]], *, memo: str | os.Pa
     return h.hexdigest()
 
 
-def code_digest(*packages: str) -> str:
-    """SHA-256 of the Python sources of ``packages`` plus pipeline/'s core.
+def code_digest(*modules: str, root: Path = ROOT) -> str:
+    """SHA-256 over the name and source of ``modules`` and of every project module they import, transitively
+    (:func:`pipeline.imports.closure`; imports inside functions included).
 
-    ``packages``: top-level folders (``"models"``) or single files (``"flows/train.py"``) of the project.
-
-    A task passes this as a parameter so that editing any code it runs — not only its own body — re-runs it.
+    A task passes this as a parameter so that editing any code it runs — not only its own body — re-runs it, and a
+    module it stops using drops out of its key.
     """
     h = hashlib.sha256()
-    for pkg in sorted({"pipeline", *packages}):
-        files = [_PROJECT / pkg] if pkg.endswith(".py") else sorted((_PROJECT / pkg).rglob("*.py"))
-        for f in files:
-            if f.parent.name == "pipeline" and f.name in _PRESENTATION:
-                continue
-            h.update(str(f.relative_to(_PROJECT)).encode() + b"\0")
-            h.update(f.read_bytes())
+    for name in closure(modules, root):
+        path = module_file(name, root)
+        assert path is not None  # closure() only returns modules that have a file
+        h.update(name.encode() + b"\0")
+        h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def task_modules(task: Callable[..., Any]) -> tuple[str, ...]:
+    """The project modules a flow task imports: in its body and in the helpers of its own module it calls.
+
+    ``task``: a Prefect task (its ``.fn``) or a plain function. Modules of ``flows`` itself are left out (a task's
+    own source is in Prefect's TASK_SOURCE; its helpers' sources are in :func:`task_code_digest`).
+    """
+    fn, helpers = _task_functions(task)
+    found: set[str] = set()
+    for node in (fn, *helpers):
+        found |= imports_in(node, fn_module(task))
+    return tuple(sorted(m for m in found if not m.startswith("flows")))
+
+
+def task_code_digest(task: Callable[..., Any], *, root: Path = ROOT) -> str:
+    """The code digest of a flow task: :func:`code_digest` of :func:`task_modules` plus its helpers' sources."""
+    _, helpers = _task_functions(task)
+    h = hashlib.sha256(code_digest(*task_modules(task), root=root).encode())
+    for node in helpers:
+        h.update(ast.unparse(node).encode())
+    return h.hexdigest()
+
+
+def fn_module(task: Callable[..., Any]) -> str:
+    return getattr(task, "fn", task).__module__
+
+
+def _task_functions(task: Callable[..., Any]) -> tuple[ast.FunctionDef, list[ast.FunctionDef]]:
+    """The task function's syntax tree and those of the module-level helpers it calls, transitively."""
+    fn = getattr(task, "fn", task)
+    tree = ast.parse(inspect.getsource(sys.modules[fn.__module__]))
+    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    seen: list[str] = []
+    todo = [fn.__name__]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.append(name)
+        todo.extend(n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name) and n.id in defs)
+    return defs[fn.__name__], [defs[n] for n in sorted(seen[1:])]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -32,8 +31,8 @@ from prefect.futures import as_completed
 from prefect.tasks import Task
 
 from flows import tasks as t
-from flows.keys import StageResult, code_digest, content_digest, intact
-from pipeline.config import RunConfig, load_config
+from flows.config import RunConfig, load_config
+from flows.keys import StageResult, content_digest, intact, task_code_digest
 from pipeline.files import write_json
 from pipeline.progress import Progress
 from pipeline.provenance import digest_json
@@ -42,13 +41,6 @@ RESULTS_DIR = ".prefect"  # in the run directory: Prefect's persisted task resul
 STAGES = ("synth", "ingest", "features-plan", "features-region", "features-assemble", "train", "catalogs",
           "validate")
 
-CODE = {  # what each stage's code digest covers, besides its own task body (TASK_SOURCE)
-    "synth": ("ingest",),
-    "ingest": ("ingest", "flows/run.py"),
-    "features": ("features", "ingest", "flows/run.py"),
-    "train": ("models", "features/definitions.py", "flows/train.py"),
-    "infer": ("inference", "catalogs", "models", "flows/infer.py"),
-}
 
 
 def result_storage(run_dir: Path) -> str:
@@ -118,10 +110,8 @@ def _pipeline(cfg: RunConfig, run_dir: Path, st: StageRunner, quiet: bool) -> di
     t_start = time.perf_counter()
     if cfg.input is None:
         s = cfg.synth
-        synth = {"box_size": s.box_size, "seed": s.seed, "log10_mmin": s.log10_mmin,
-                 "min_log10_mstar": s.min_log10_mstar}
-        box = st.run("synth", t.synth_box, synth=synth, fmt=s.format, box_dir=str(run_dir / "box"),
-                     code=code_digest(*CODE["synth"]), workers=s.workers, quiet=quiet)
+        box = st.run("synth", t.synth_box, synth=s.box_params(), fmt=s.format, box_dir=str(run_dir / "box"),
+                     code=task_code_digest(t.synth_box), workers=s.workers, quiet=quiet)
         halos, galaxies = box.info["halos"], box.info["galaxies"]
         halo_fmt = galaxy_fmt = None
         inputs_digest = box.digest
@@ -133,8 +123,10 @@ def _pipeline(cfg: RunConfig, run_dir: Path, st: StageRunner, quiet: bool) -> di
         st.done("synth", "Skipped", time.perf_counter() - t0, note="[input] catalogs given; content digested")
     catalogs = {"halos": halos, "galaxies": galaxies, "halo_format": halo_fmt, "galaxy_format": galaxy_fmt,
                 "snapshot": snapshot}
+    cuts = {"host_log10_m200c_min": cfg.observe.host_log10_m200c_min,
+            "log10_mstar_min": cfg.observe.log10_mstar_min}
     ingest = st.run("ingest", t.ingest_catalogs, **catalogs, inputs_digest=inputs_digest, run_dir=str(run_dir),
-                    code=code_digest(*CODE["ingest"]))
+                    cuts=cuts, code=task_code_digest(t.ingest_catalogs))
 
     observations = _features(cfg, run_dir, st, catalogs, ingest.digest, quiet)
 
@@ -148,16 +140,17 @@ def _pipeline(cfg: RunConfig, run_dir: Path, st: StageRunner, quiet: bool) -> di
         model_dir = run_dir / "model"
         trained = st.run("train", t.train_models, run_dir=str(run_dir), observations_digest=observations.digest,
                          train=dataclasses.asdict(cfg.train), model_dir=str(model_dir),
-                         code=code_digest(*CODE["train"]), quiet=quiet)
+                         code=task_code_digest(t.train_models), quiet=quiet)
         model_digest, rows = trained.digest, "held-out"
 
     prior = cfg.infer.prior
     prior_digest = content_digest([prior]) if Path(prior).is_file() else ""
     infer = {"run_dir": str(run_dir), "observations_digest": observations.digest, "model_dir": str(model_dir),
              "model_digest": model_digest, "prior": prior, "prior_digest": prior_digest, "main": cfg.infer.model,
-             "rows": rows, "snapshot": ingest.info["snapshot"], "code": code_digest(*CODE["infer"])}
-    catalogs_result = st.run("catalogs", t.write_catalogs, **infer, config_digest=digest_json(cfg.science_dict()))
-    validation = st.run("validate", t.validate_models, **infer)
+             "rows": rows, "snapshot": ingest.info["snapshot"]}
+    catalogs_result = st.run("catalogs", t.write_catalogs, **infer, config_digest=digest_json(cfg.science_dict()),
+                             code=task_code_digest(t.write_catalogs))
+    validation = st.run("validate", t.validate_models, **infer, code=task_code_digest(t.validate_models))
 
     from prefect.runtime import flow_run
 
@@ -185,8 +178,8 @@ def _pipeline(cfg: RunConfig, run_dir: Path, st: StageRunner, quiet: bool) -> di
 def _features(cfg: RunConfig, run_dir: Path, st: StageRunner, catalogs: dict[str, Any], ingest_digest: str,
               quiet: bool) -> StageResult:
     """Plan (buckets), one mapped task per region, assembly; stale plans of other configurations removed."""
-    code = code_digest(*CODE["features"])
-    observe = {k: v for k, v in dataclasses.asdict(cfg.observe).items() if k != "workers"}
+    code = task_code_digest(t.plan_features)
+    observe = cfg.observe.science_dict()
     key = digest_json({"ingest": ingest_digest, "observe": observe, "code": code})
     features_dir = run_dir / "features"
     plan_dir = features_dir / key[:16]
@@ -197,7 +190,7 @@ def _features(cfg: RunConfig, run_dir: Path, st: StageRunner, catalogs: dict[str
     t0 = time.perf_counter()
     jobs = plan.info["jobs"]
     paths = [str(plan_dir / "regions" / f"los{j['los']}-region{j['region']}.npz") for j in jobs]
-    common = {"plan_dir": str(plan_dir), "plan_digest": plan.digest, "code": code}
+    common = {"plan_dir": str(plan_dir), "plan_digest": plan.digest, "code": task_code_digest(t.observe_region_task)}
     futures = st.task(t.observe_region_task).map(job=jobs, region_path=paths,
                                                  **{k: unmapped(v) for k, v in common.items()})
     progress = Progress("features regions", enabled=not quiet)
@@ -221,7 +214,8 @@ def _features(cfg: RunConfig, run_dir: Path, st: StageRunner, catalogs: dict[str
             tasks=len(jobs), cached=cached)
 
     assembled = st.run("features-assemble", t.assemble_features, plan_dir=str(plan_dir), region_paths=paths,
-                       region_digests=[r.digest for r in results], run_dir=str(run_dir), code=code)
+                       region_digests=[r.digest for r in results], run_dir=str(run_dir),
+                       code=task_code_digest(t.assemble_features))
     for other in features_dir.iterdir():  # plans of other configurations: their outputs are superseded
         if other.is_dir() and other != plan_dir:
             shutil.rmtree(other, ignore_errors=True)
@@ -238,11 +232,6 @@ def run(config: str | os.PathLike[str] | None = None, out: str | os.PathLike[str
     runnable = mass_catalog.with_options(task_runner=task_runner(cfg.runner))
     return runnable(config=None if config is None else str(Path(config).resolve()),
                     out=None if out is None else str(out), quiet=quiet)
-
-
-def load_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The summary a finished run wrote (``run.json``)."""
-    return json.loads((Path(run_dir) / "run.json").read_text())
 
 
 @flow(name="mass_catalog_scheduled",

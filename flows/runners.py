@@ -22,11 +22,46 @@ import importlib
 import os
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from pipeline.config import RUNNER_KINDS, RunnerSection
 from pipeline.errors import ConfigError
+
+RUNNER_KINDS = ("threads", "dask", "slurm")
+
+
+@dataclass(frozen=True)
+class RunnerSection:
+    """``[runner]``: where the flow's tasks run: threads here, a dask cluster, or dask workers in SLURM jobs.
+
+    Nothing here changes a result, only where and how fast it is computed (it is left out of every digest).
+    """
+
+    kind: str = "threads"  # threads | dask | slurm
+    workers: int = 2  # threads: concurrent tasks; dask without address: local worker threads
+    address: str = ""  # dask: a running scheduler (tcp://host:8786); empty starts a local cluster
+    # slurm (dask-jobqueue SLURMCluster): one dask worker per job unless processes > 1
+    jobs: int = 4  # SLURM jobs to start
+    cores: int = 8  # cores per job
+    processes: int = 1  # dask worker processes per job
+    memory: str = "32GB"  # memory per job
+    walltime: str = "02:00:00"
+    queue: str = ""  # partition (#SBATCH -p)
+    account: str = ""  # #SBATCH -A
+    job_extra_directives: list[str] = field(default_factory=list)  # more #SBATCH lines, e.g. ["--constraint=cpu"]
+    job_script_prologue: list[str] = field(default_factory=list)  # shell lines before the worker starts
+    local_directory: str = ""  # worker scratch (node-local disk); empty: dask's default
+    log_directory: str = ""  # where SLURM writes job logs
+    python: str = ""  # interpreter on the nodes; empty: this one
+
+    def __post_init__(self) -> None:
+        if self.kind not in RUNNER_KINDS:
+            raise ConfigError(f"kind must be one of {list(RUNNER_KINDS)}, got {self.kind!r}")
+        if min(self.workers, self.jobs, self.cores, self.processes) < 1:
+            raise ConfigError("workers, jobs, cores and processes must be >= 1")
+        if self.address and self.kind != "dask":
+            raise ConfigError(f"address is for kind = \"dask\", not {self.kind!r}")
 
 SLURM_JOB_NAME = "clustermass"  # #SBATCH -J: how the worker jobs show in squeue
 SLURM_CLUSTER_CLASS = "dask_jobqueue.SLURMCluster"
@@ -47,11 +82,6 @@ def _require(module: str, kind: str) -> ModuleType:
                           f"({exc}); {_HINTS[module]}") from None
 
 
-def _check_kind(section: RunnerSection) -> None:
-    if section.kind not in RUNNER_KINDS:
-        raise ConfigError(f"[runner]: kind must be one of {list(RUNNER_KINDS)}, got {section.kind!r}")
-
-
 def task_runner(section: RunnerSection) -> Any:
     """The Prefect task runner for ``section`` (not started: its cluster, if any, starts with the flow run).
 
@@ -59,7 +89,6 @@ def task_runner(section: RunnerSection) -> Any:
     :class:`prefect_dask.DaskTaskRunner` (``dask``, ``slurm``). Raises :class:`ConfigError` when the kind is
     unknown or its packages (prefect-dask, dask-jobqueue) cannot be imported.
     """
-    _check_kind(section)
     if section.kind == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -152,7 +181,6 @@ def _render_job(job_cls: type, kwargs: dict[str, Any], log_directory: str | None
 
 def describe(section: RunnerSection) -> str:
     """One line saying where the flow's tasks run (for ``--dry-run`` and logs); imports nothing optional."""
-    _check_kind(section)
     if section.kind == "threads":
         return f"threads: up to {section.workers} concurrent tasks in the flow's process"
     if section.kind == "dask":

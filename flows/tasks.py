@@ -75,15 +75,18 @@ def synth_box(synth: dict[str, Any], fmt: str, box_dir: str, code: str, workers:
 # -- ingest --------------------------------------------------------------------------------------------------------
 @task(name="ingest", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
 def ingest_catalogs(halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
-                    snapshot: dict | None, inputs_digest: str, run_dir: str, code: str) -> StageResult:
+                    snapshot: dict | None, inputs_digest: str, run_dir: str, cuts: dict[str, float],
+                    code: str) -> StageResult:
     """Read both catalogs (dask, out of core), check them and write ``ingest/summary.json``.
 
-    The digest is the identity of the ingested data: the input files' content digest plus the snapshot.
+    ``cuts``: the host mass and stellar-mass cuts the summary counts above (``host_log10_m200c_min``,
+    ``log10_mstar_min``). The digest is the identity of the ingested data: the input files' content digest plus
+    the snapshot.
     """
-    from flows.run import summarise
+    from ingest.summary import summarise
 
     h, g = _open_catalogs(halos, galaxies, halo_format, galaxy_format, snapshot)
-    summary = summarise(h, g)
+    summary = summarise(h, g, **cuts)
     path = write_json(Path(run_dir) / "ingest" / "summary.json", summary, indent=2)
     get_run_logger().info("ingested %d halos and %d galaxies", summary["halos"]["rows"], summary["galaxies"]["rows"])
     snap = h.snapshot.to_dict()
@@ -97,13 +100,12 @@ def plan_features(halos: str, galaxies: str, halo_format: str | None, galaxy_for
                   snapshot: dict | None, ingest_digest: str, observe: dict[str, Any], plan_dir: str,
                   code: str) -> StageResult:
     """Select the hosts and stream the galaxies once into per-region bucket files under ``plan_dir``."""
+    from features.config import ObserveSection
     from features.io import save_plan
     from features.observe import plan_observations
-    from flows.run import observation_config
-    from pipeline.config import ObserveSection
 
     h, g = _open_catalogs(halos, galaxies, halo_format, galaxy_format, snapshot)
-    plan = plan_observations(h, g, observation_config(ObserveSection(**observe)), plan_dir)
+    plan = plan_observations(h, g, ObserveSection(**observe).observation_config(), plan_dir)
     files = save_plan(plan)
     get_run_logger().info("%d hosts, %d region jobs", len(plan.hosts), len(plan.jobs))
     return StageResult(stamp(files), digest_json({"ingest": ingest_digest, "observe": observe, "code": code}),
@@ -154,8 +156,8 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
     The directory appears whole: it is trained into a hidden sibling and renamed.
     """
     from features.io import load_observation_table
-    from flows.train import train_stage
-    from pipeline.config import TrainSection
+    from models.config import TrainSection
+    from models.stage import train_stage
 
     table, meta = load_observation_table(run_dir)
     target = Path(model_dir)
@@ -174,7 +176,7 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
 # -- inference: catalogs and validation ----------------------------------------------------------------------------
 def _catalog_rows(run_dir: str, model_dir: str, rows: str):
     from features.io import load_observation_table
-    from flows.infer import held_out
+    from models.stage import held_out
 
     table, _ = load_observation_table(run_dir)
     return table if rows == "all" else held_out(table, Path(model_dir))
@@ -189,7 +191,7 @@ def write_catalogs(run_dir: str, observations_digest: str, model_dir: str, model
                    prior_digest: str, main: str, rows: str, snapshot: dict, config_digest: str,
                    code: str) -> StageResult:
     """Posterior mass catalogs ``catalog.h5`` and ``catalog.fits`` of the ``rows`` observations (streamed)."""
-    from flows.infer import catalog_stage
+    from catalogs.stage import catalog_stage
 
     table = _catalog_rows(run_dir, model_dir, rows)
     paths = catalog_stage(table, model_dir, run_dir, prior=prior, snapshot=_snapshot(snapshot), main=main,
@@ -202,13 +204,13 @@ def write_catalogs(run_dir: str, observations_digest: str, model_dir: str, model
 def validate_models(run_dir: str, observations_digest: str, model_dir: str, model_digest: str, prior: str,
                     prior_digest: str, main: str, rows: str, snapshot: dict, code: str) -> StageResult:
     """Accuracy, calibration and the baselines on the ``rows`` observations: ``validation/`` (metrics + plots)."""
-    from flows.infer import load_models, load_msigma
     from inference.validate import validate
+    from models.stage import load_models, load_msigma
 
     table = _catalog_rows(run_dir, model_dir, rows)
     models = load_models(Path(model_dir))
     out = Path(run_dir) / "validation"
-    metrics, _ = validate(table, models, load_msigma(Path(model_dir) / "msigma.json"), prior=prior, main=main,
+    metrics = validate(table, models, load_msigma(Path(model_dir) / "msigma.json"), prior=prior, main=main,
                           snapshot=_snapshot(snapshot), out_dir=out)
     keys = ("n_test", "scatter_dex", "bias_dex", "coverage_68", "coverage_95", "msigma_scatter_dex",
             "msigma_bias_dex")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -85,3 +86,20 @@ def example_posteriors(grid: np.ndarray, pdfs: np.ndarray, raw: np.ndarray, true
         ax.set_xlabel(r"$\log_{10} M_{200c}$")
     axes[0][0].legend(fontsize=7)
     return _save(fig, path)
+
+
+def query_posterior(grid: np.ndarray, pdf: np.ndarray, summary: dict[str, Any], path: Path) -> Path:
+    """One cluster's posterior density on ``grid`` [log10 Msun/h], its 68% interval and mode (``clustermass query``).
+
+    ``summary``: the query's summary (:data:`inference.posterior.SUMMARY_COLUMNS` keys, ``n_members``, ``prior``).
+    """
+    s = summary
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(grid, pdf, color="C0")
+    ax.axvspan(s["log10_m200c_p16"], s["log10_m200c_p84"], color="C0", alpha=0.2, label="68% interval")
+    ax.axvline(s["log10_m200c_mode"], color="C1", label=f"mode {s['log10_m200c_mode']:.3f}")
+    ax.set_xlabel(r"$\log_{10} M_{200c}$ [$h^{-1} M_\odot$]")
+    ax.set_ylabel("posterior density [1/dex]")
+    ax.set_title(f"{s['n_members']} members, prior {s['prior']}", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))

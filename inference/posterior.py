@@ -15,7 +15,7 @@ Units: log10 M200c in dex of Msun/h; densities per dex.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -24,14 +24,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from inference import summaries
-from inference.priors import TargetPrior
+from inference.priors import TargetPrior, resolve
 from models.model import TrainedModel, log_prob_grid
+from pipeline.snapshot import Snapshot
 
 P_TRAIN_FLOOR = 1e-3
+#: points of the posterior grid, spanning the training range of log10 M200c
+GRID_POINTS = 512
+#: summaries of the corrected posterior, in catalog order
 SUMMARY_NAMES = ("mode", "median", "mean", "std", "p16", "p84", "p025", "p975")
+#: summaries of the uncorrected network posterior (under the training set's own mass distribution)
+UNCORRECTED_NAMES = ("uncorrected_mode", "uncorrected_mean")
+#: every summary and the name it has in catalogs (columns) and in `clustermass query --json` (keys)
+SUMMARY_COLUMNS = {name: f"log10_m200c_{name}" for name in SUMMARY_NAMES + UNCORRECTED_NAMES}
 
 
-def default_grid(model: TrainedModel, n: int = 512) -> np.ndarray:
+def default_grid(model: TrainedModel, n: int = GRID_POINTS) -> np.ndarray:
     """``n`` points spanning the training range of log10 M200c (the interim prior's support)."""
     g = np.asarray(model.training_prior.grid)
     return np.linspace(g[0], g[-1], n)
@@ -119,3 +127,43 @@ def posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: Targ
     if not pdfs:
         return np.empty((0, len(grid)), np.float32), {}
     return np.concatenate(pdfs), {k: np.concatenate([v[k] for v in vals]) for k in vals[0]}
+
+
+@dataclass(frozen=True)
+class PosteriorSetup:
+    """What turns a model's output into corrected posteriors: its grid [log10 Msun/h] and the target prior.
+
+    Made by :func:`prepare`; the one entry point used by catalogs, validation and ``clustermass query``.
+    """
+
+    model: TrainedModel
+    grid: np.ndarray
+    target: TargetPrior
+
+    @property
+    def p_train(self) -> np.ndarray:
+        """The interim prior (the training set's KDE) on the grid, per dex."""
+        return p_train_on(self.model, self.grid)
+
+    def blocks(self, x: np.ndarray, *, chunk: int = 1024) -> Iterator[PosteriorBlock]:
+        """Posteriors of raw feature rows ``x`` (N, F), block by block (see :func:`iter_posteriors`)."""
+        return iter_posteriors(self.model, x, self.grid, self.target, chunk=chunk)
+
+    def evaluate(self, x: np.ndarray, *, chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """All posteriors of ``x`` in memory: pdf (N, G) and summaries (N,) (see :func:`posteriors`)."""
+        return posteriors(self.model, x, self.grid, self.target, chunk=chunk)
+
+
+def prepare(model: TrainedModel, prior: str, *, snapshot: Snapshot | None) -> PosteriorSetup:
+    """The posterior set-up of ``model`` under the target prior named ``prior``.
+
+    ``prior``: ``flat``, ``tinker08`` (needs ``snapshot``: redshift and cosmology), ``training`` (no correction)
+    or a two-column table file (:func:`inference.priors.resolve`). The grid is :func:`default_grid`.
+    """
+    grid = default_grid(model)
+    return PosteriorSetup(model, grid, resolve(prior, grid, p_train=p_train_on(model, grid), snapshot=snapshot))
+
+
+def summary_columns(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Summaries by their catalog/JSON names (:data:`SUMMARY_COLUMNS`), in catalog order."""
+    return {column: values[name] for name, column in SUMMARY_COLUMNS.items()}

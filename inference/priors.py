@@ -18,6 +18,8 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.snapshot import Snapshot
 
 BUILTIN = ("flat", "tinker08", "training")
+#: the target prior of catalogs and queries unless one is named
+DEFAULT_PRIOR = "flat"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+#: the feature the baseline reads: the plain dispersion of all cylinder members (the contaminated baseline), km/s
+FEATURE = "sigma_v_std"
 
 @dataclass(frozen=True)
 class MSigmaFit:

@@ -1,7 +1,8 @@
-"""clustermass: galaxy-cluster masses from member galaxies, with honest posteriors.
+"""Shared leaves of clustermass: what every stage stands on and nothing above it.
 
-``pipeline`` holds what every stage shares: errors, cosmology, the snapshot description, units and
-mass definitions, provenance, tool-cache locations, and (at the very top) the command line.
+Errors, cosmology (the one place cosmologies are parsed), the snapshot description, units and mass definitions,
+the TOML reading and typing helpers of the configuration, provenance, atomic file writing, tool-cache locations and
+progress output. No module here imports another package of the project.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PREFECT_DEFAULTS = {  # quiet, robust defaults for Prefect's temporary local server (REFERENCE.md §7)
+PREFECT_DEFAULTS = {  # quiet, robust defaults for Prefect's temporary local server (it starts slowly on 2 cores)
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import load_config, parse_config
+from clustermass.cli import main
+from flows.config import load_config, parse_config
 from pipeline.errors import ConfigError
 
 
@@ -29,7 +29,31 @@ def test_help_lists_every_command_and_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--help"])
     out = capsys.readouterr().out
-    assert "comoving Mpc/h (default: 250.0)" in out and "(default: hdf5)" in out
+    assert "--box-size BOX_SIZE" in out and "(default: hdf5)" in out
+
+
+@pytest.mark.parametrize(("command", "section", "key"), [("observe", "observe", "r_aperture"),
+                                                         ("observe", "observe", "regions_per_side"),
+                                                         ("train", "train", "max_epochs"),
+                                                         ("train", "train", "test_fraction")])
+def test_help_shows_the_configuration_sections_defaults(capsys, command, section, key):
+    """The CLI states no default of its own: --help quotes the section dataclass (one home per default)."""
+    config = load_config(None)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"[{section}] {key} = {getattr(getattr(config, section), key)!r}" in out
+
+
+def test_defaults_of_sections_come_from_the_stage_specs():
+    from features.cylinder import CylinderSpec, LineOfSightSpec
+    from models.spec import ModelSpec, TrainSpec
+
+    config = load_config(None)
+    assert config.observe.observation_config().cylinder == CylinderSpec()
+    assert config.observe.observation_config().los == LineOfSightSpec()
+    spec, train = config.train.specs("flow")
+    assert (spec, train) == (ModelSpec(kind="flow"), TrainSpec())
 
 
 def test_synth_then_inspect(tmp_path, capsys):

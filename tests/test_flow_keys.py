@@ -51,7 +51,8 @@ def test_intact_detects_deleted_and_rewritten_outputs(tmp_path):
     assert not intact(result)
 
 
-def test_code_digest_covers_the_named_code_only(tmp_path):
-    assert code_digest("models") != code_digest("features")
-    assert code_digest("flows/train.py") != code_digest("flows/infer.py")
-    assert code_digest("models") == code_digest("models")
+def test_code_digest_follows_the_import_graph():
+    assert code_digest("models.stage") != code_digest("features.observe")
+    assert code_digest("models.stage") == code_digest("models.stage")
+    # models.stage imports features.definitions (its feature names), so their union is models.stage's closure
+    assert code_digest("models.stage", "features.definitions") == code_digest("models.stage")

@@ -154,7 +154,7 @@ def test_killed_run_resumes_to_identical_catalogs(first_run, tmp_path):
 
 
 def test_bad_input_inside_the_flow_is_one_error_line_and_not_retried(tmp_path):
-    from pipeline.cli import main
+    from clustermass.cli import main
 
     assert main(["synth", "--out", str(tmp_path / "box"), "--box-size", "60", "--log10-mmin", "11.5", "--quiet",
                  "--workers", "1"]) == 0

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from clustermass.cli import main
 from features.io import read_members, read_observations
 from features.sky import C_KMS, angular_separation, comoving_distance, estimate_centre, project
-from pipeline.cli import main
 from pipeline.cosmology import MDPL2
 
 ZC, RAC, DECC = 0.117, 150.0, 2.0
@@ -169,5 +169,9 @@ def test_validate_command(trained, tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
     assert metrics["main_model"] == "flow" and metrics["n_test"] > 0
-    assert "coverage 68%" in out and ("PASS" in out or "FAIL" in out)
+    assert "coverage 68%" in out
+    verdicts = {name: check["pass"] for name, check in metrics["acceptance"].items() if "pass" in check}
+    assert len(verdicts) == 4
+    for name, ok in verdicts.items():  # each criterion printed with the verdict metrics.json holds
+        assert f"{'PASS' if ok else 'FAIL'}  {name}" in out.splitlines()[-len(verdicts):][list(verdicts).index(name)]
     assert (tmp_path / "val" / "coverage.png").exists()

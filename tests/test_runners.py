@@ -15,8 +15,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows import deploy
-from flows.runners import describe, local_cluster_kwargs, slurm_cluster_kwargs, slurm_job_script, task_runner
-from pipeline.config import RunnerSection, load_config
+from flows.config import load_config
+from flows.runners import (
+    RunnerSection,
+    describe,
+    local_cluster_kwargs,
+    slurm_cluster_kwargs,
+    slurm_job_script,
+    task_runner,
+)
 from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -132,14 +132,6 @@ def radius_from_mass(
     return r_phys * (1.0 + redshift)
 
 
-def mass_from_radius(
-    radius: np.ndarray | float, delta_c: float, cosmology: Cosmology, redshift: float
-) -> np.ndarray:
-    """Inverse of :func:`radius_from_mass`: mass (Msun/h) inside comoving ``radius`` (Mpc/h)."""
-    r_phys = np.asarray(radius, dtype=np.float64) / (1.0 + redshift)
-    return 4.0 / 3.0 * math.pi * delta_c * cosmology.critical_density(redshift) * r_phys**3
-
-
 def circular_velocity(
     mass: np.ndarray | float, radius: np.ndarray | float, redshift: float
 ) -> np.ndarray:

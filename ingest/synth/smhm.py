@@ -55,8 +55,6 @@ class Moster13:
 
 #: Moster+2013 best fit, with its redshift evolution.
 MOSTER13 = Moster13()
-#: The z = 0 relation at every redshift (REFERENCE.md section 4 values).
-MOSTER13_Z0 = Moster13(m11=0.0, n11=0.0, beta11=0.0, gamma11=0.0)
 
 
 def sample_stellar_mass(

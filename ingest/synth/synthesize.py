@@ -22,6 +22,7 @@ from ingest.synth.box import Cell, SynthConfig, cell_count, generate_cell
 from ingest.writers import EXTENSIONS, CatalogWriter
 from pipeline.errors import ConfigError
 
+DEFAULT_FORMAT = "hdf5"
 #: ``--format`` choices: (halo format, galaxy format)
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
     "hdf5": ("hdf5", "hdf5"),
@@ -56,7 +57,7 @@ def synthesize(
     out_dir: str | os.PathLike[str],
     config: SynthConfig,
     *,
-    fmt: str = "hdf5",
+    fmt: str = DEFAULT_FORMAT,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> SynthResult:

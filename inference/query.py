@@ -1,4 +1,4 @@
-"""`clustermass query`: the posterior mass of one cluster from a members file.
+"""The single-cluster query (``clustermass query``): the posterior mass of one cluster from a members file.
 
 The members are put through the same cylinder and feature definitions the model was trained with (stored in its
 model.json), then the model's posterior is corrected to the chosen prior on the model's grid.
@@ -17,8 +17,8 @@ import numpy as np
 
 from features.definitions import compute_features
 from features.sky import estimate_centre, project
-from inference.posterior import default_grid, iter_posteriors, p_train_on
-from inference.priors import resolve
+from inference.posterior import prepare, summary_columns
+from inference.priors import DEFAULT_PRIOR
 from models.io import MODEL_JSON, load_model
 from models.model import TrainedModel
 from pipeline.cosmology import Cosmology
@@ -75,7 +75,7 @@ def _column(table, name: str, path: Path) -> np.ndarray:
     return values
 
 
-def query(model_path: str | os.PathLike[str], members_path: str | os.PathLike[str], *, prior: str = "flat",
+def query(model_path: str | os.PathLike[str], members_path: str | os.PathLike[str], *, prior: str = DEFAULT_PRIOR,
           centre: tuple[float, float, float] | None = None) -> QueryResult:
     model_dir = find_model_dir(model_path)
     model: TrainedModel = load_model(model_dir)
@@ -130,42 +130,15 @@ def query(model_path: str | os.PathLike[str], members_path: str | os.PathLike[st
     if not np.all(np.isfinite(x)):
         bad = [name for name in model.feature_names if not np.isfinite(feats[name][0])]
         raise InputError(path, f"features {bad} are undefined for these members (too few, or identical velocities)")
-    grid = default_grid(model)
-    target = resolve(prior, grid, p_train=p_train_on(model, grid), snapshot=snap)
+    setup = prepare(model, prior, snapshot=snap)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        block = next(iter_posteriors(model, x, grid, target))
-    v = {k: float(block.values[k][0]) for k in block.values}
+        block = next(setup.blocks(x))
     summary = {
-        "log10_m200c_mode": v["mode"], "log10_m200c_median": v["median"], "log10_m200c_mean": v["mean"],
-        "log10_m200c_std": v["std"], "log10_m200c_p16": v["p16"], "log10_m200c_p84": v["p84"],
-        "log10_m200c_p025": v["p025"], "log10_m200c_p975": v["p975"],
-        "log10_m200c_uncorrected_mode": v["uncorrected_mode"], "log10_m200c_uncorrected_mean": v["uncorrected_mean"],
-        "n_members": n, "sigma_v": float(feats["sigma_v_biweight"][0]), "prior": target.name,
+        **{name: float(value[0]) for name, value in summary_columns(block.values).items()},
+        "n_members": n, "sigma_v": float(feats["sigma_v_biweight"][0]), "prior": setup.target.name,
         "model": str(model_dir), "mass_unit": "log10 M200c [Msun/h]", "sigma_v_unit": "km/s",
         "notes": notes,
     }
-    return QueryResult(summary, grid, block.pdf[0], tuple(notes))
+    return QueryResult(summary, setup.grid, block.pdf[0], tuple(notes))
 
-
-def plot_posterior(result: QueryResult, path: str | os.PathLike[str]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = result.summary
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(result.grid, result.pdf, color="C0")
-    ax.axvspan(s["log10_m200c_p16"], s["log10_m200c_p84"], color="C0", alpha=0.2, label="68% interval")
-    ax.axvline(s["log10_m200c_mode"], color="C1", label=f"mode {s['log10_m200c_mode']:.3f}")
-    ax.set_xlabel(r"$\log_{10} M_{200c}$ [$h^{-1} M_\odot$]")
-    ax.set_ylabel("posterior density [1/dex]")
-    ax.set_title(f"{s['n_members']} members, prior {s['prior']}", fontsize=9)
-    ax.legend(fontsize=8)
-    out = Path(path)
-    tmp = out.with_name(f".{out.stem}.partial.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(out)
-    return out

@@ -1,12 +1,15 @@
-"""The training stage: split hosts, train the configured models and the M-sigma baseline, write DIR/model/.
+"""The training stage and its product, a run's model directory ``DIR/model/``.
 
-``DIR/model/<kind>/`` (``mdn``, ``flow``, ``mse``) are model directories (:mod:`models.io`);
-``DIR/model/msigma.json`` is the M-sigma power law fitted on the training hosts; ``DIR/model/split.json`` lists
-the held-out test hosts, which no model has seen.
+:func:`train_stage` splits the hosts, trains the configured models and the M-sigma baseline and writes:
+``DIR/model/<kind>/`` (``mdn``, ``flow``, ``mse``) model directories (:mod:`models.io`); ``DIR/model/msigma.json``,
+the M-sigma power law fitted on the training hosts; ``DIR/model/split.json``, the held-out test hosts, which no model
+has seen. :func:`load_models`, :func:`load_msigma` and :func:`held_out` read them back. Called by
+``clustermass train`` and by the flow's train task alike.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,29 +19,18 @@ import numpy as np
 import pandas as pd
 
 from features.definitions import FEATURE_NAMES
-from models.io import save_model
-from models.model import TARGET, host_split, train_model
-from models.msigma import fit_msigma
-from models.spec import ModelSpec, TrainSpec
-from pipeline.config import TrainSection
-from pipeline.errors import ConfigError
+from models.config import TrainSection
+from models.io import load_model, save_model
+from models.model import TARGET, TrainedModel, host_split, train_model
+from models.msigma import FEATURE as MSIGMA_FEATURE
+from models.msigma import MSigmaFit, fit_msigma
+from pipeline.errors import ConfigError, InputError
 from pipeline.files import write_json
-
-MSIGMA_FEATURE = "sigma_v_std"  # the plain dispersion of all cylinder members (the contaminated baseline)
-
-
-def specs_for(section: TrainSection, kind: str) -> tuple[ModelSpec, TrainSpec]:
-    spec = ModelSpec(kind=kind, hidden=tuple(section.hidden), n_components=section.n_components,
-                     n_bins=section.n_bins, dropout=section.dropout)
-    train = TrainSpec(ensemble=section.ensemble, mc_samples=section.mc_samples, batch_size=section.batch_size,
-                      max_epochs=section.max_epochs, patience=section.patience, learning_rate=section.learning_rate,
-                      weight_decay=section.weight_decay, seed=section.seed)
-    return spec, train
 
 
 def test_mask(table: pd.DataFrame, section: TrainSection) -> np.ndarray:
     """Rows of held-out test hosts (a fixed fraction of hosts, all their lines of sight)."""
-    return host_split(table["cluster_id"].to_numpy(), section.test_fraction, section.seed + 7919)
+    return host_split(table["cluster_id"].to_numpy(), section.test_fraction, section.test_seed)
 
 
 def feature_list(table: pd.DataFrame, section: TrainSection) -> list[str]:
@@ -69,20 +61,55 @@ def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLi
     summary: dict[str, Any] = {"features": names, "train_rows": int(tr.sum()), "test_rows": int(test.sum()),
                                "dropped_nonfinite": int((~usable & ~test).sum()), "models": {}}
     for kind in kinds or section.models:
-        spec, train = specs_for(section, kind)
+        spec, train = section.specs(kind)
         progress = _EpochProgress(kind, train.max_epochs, quiet)
         model, histories = train_model(x, y, cid, feature_names=names, spec=spec, train=train, progress=progress)
         save_model(out / kind, model, histories=histories,
-                   extra={"test_hosts_seed": section.seed + 7919, "observations": observations or {}})
+                   extra={"test_hosts_seed": section.test_seed, "observations": observations or {}})
         summary["models"][kind] = {"dir": str(out / kind), "best_val_nll": [min(h.val_loss) for h in histories],
                                    "epochs": [len(h.val_loss) for h in histories]}
     ms = fit_msigma(table.loc[tr, MSIGMA_FEATURE].to_numpy(), y)
     write_json(out / "msigma.json", {"feature": MSIGMA_FEATURE, "unit": {"sigma_v": "km/s", "M200c": "Msun/h"},
                                       **ms.to_dict()})
-    write_json(out / "split.json", {"test_fraction": section.test_fraction, "seed": section.seed + 7919,
+    write_json(out / "split.json", {"test_fraction": section.test_fraction, "seed": section.test_seed,
                                      "test_cluster_ids": sorted(set(table.loc[test, "cluster_id"].tolist()))})
     summary["msigma"] = ms.to_dict()
     return summary
+
+
+def load_msigma(path: str | os.PathLike[str]) -> MSigmaFit:
+    """The M-sigma fit a training stage wrote (``msigma.json``)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+        return MSigmaFit(float(data["intercept"]), float(data["slope"]), float(data["pivot"]),
+                         float(data["scatter"]), int(data["n"]), str(data.get("method", "scaling")))
+    except OSError as exc:
+        raise InputError(p, f"cannot read the M-sigma fit ({exc.strerror or exc})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(p, f"expected the M-sigma fit of `clustermass train` ({exc.__class__.__name__}: {exc})")\
+            from None
+
+
+def held_out(table: pd.DataFrame, model_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The rows of ``table`` whose hosts the training stage held out (``split.json``), re-indexed from 0."""
+    split_path = Path(model_dir) / "split.json"
+    if not split_path.exists():
+        raise InputError(model_dir, "no split.json: expected a model directory written by `clustermass train`")
+    test_ids = set(json.loads(split_path.read_text())["test_cluster_ids"])
+    test = table[table["cluster_id"].isin(test_ids)].reset_index(drop=True)
+    if test.empty:
+        raise InputError(split_path, "none of the held-out hosts is in the observation table; wrong observations?")
+    return test
+
+
+def load_models(model_dir: str | os.PathLike[str]) -> dict[str, TrainedModel]:
+    """Every trained model of a run's model directory, by kind (``mdn``, ``flow``, ``mse``)."""
+    model_dir = Path(model_dir)
+    kinds = [k for k in ("mdn", "flow", "mse") if (model_dir / k / "model.json").exists()]
+    if not kinds:
+        raise InputError(model_dir, "no trained model here (expected mdn/, flow/ or mse/)")
+    return {k: load_model(model_dir / k) for k in kinds}
 
 
 class _EpochProgress:

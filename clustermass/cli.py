@@ -1,4 +1,4 @@
-"""The ``clustermass`` command line (also ``python -m pipeline``).
+"""The ``clustermass`` command line (also ``python -m clustermass``).
 
 Every command prints one ``error: ...`` line and exits with status 2 on bad input (status 1 on an unexpected
 failure); ``--debug`` shows the traceback instead.
@@ -13,16 +13,40 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from features.config import ObserveSection
+from inference.config import CATALOG_MODELS
+from inference.priors import DEFAULT_PRIOR
+from ingest.config import SynthSection
+from ingest.synth.synthesize import OUTPUT_FORMATS
+from models.config import TrainSection
+from models.spec import KINDS
 from pipeline import __version__
 from pipeline.errors import ClusterMassError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 
+# The defaults shown in --help are the configuration sections' own (one home for every default).
+_SYNTH, _OBSERVE, _TRAIN = SynthSection(), ObserveSection(), TrainSection()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` except for options whose absence means "as the configuration says" (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _section_default(section: object, key: str) -> str:
+    return f"[{section.__class__.__name__.removesuffix('Section').lower()}] {key} = {getattr(section, key)!r}"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="clustermass",
         description="Galaxy-cluster masses from member galaxies, with honest posteriors.",
@@ -41,18 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--box-size", type=float, default=250.0, help="box side, comoving Mpc/h")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same box)")
+    p.add_argument("--box-size", type=float, required=True, help="box side, comoving Mpc/h")
+    p.add_argument("--seed", type=int, default=_SYNTH.seed, help="random seed (same seed, same box)")
     p.add_argument(
         "--format",
-        default="hdf5",
-        choices=["hdf5", "ascii", "native", "csv"],
+        default=_SYNTH.format,
+        choices=list(OUTPUT_FORMATS),
         help="hdf5: halos.h5 + galaxies.h5; ascii: Rockstar hlist halos.list + UniverseMachine ASCII galaxies.txt; "
         "native: halos.list + UniverseMachine binary galaxies.bin; csv: CosmoSim CSV halos.csv + galaxies.bin",
     )
-    p.add_argument("--log10-mmin", type=float, default=11.0, help="lightest distinct halo, log10 M200c [Msun/h]")
-    p.add_argument("--min-log10-mstar", type=float, default=9.5, help="lightest galaxy written, log10 M* [Msun]")
-    p.add_argument("--workers", type=int, default=2, help="processes generating cells")
+    p.add_argument("--log10-mmin", type=float, default=_SYNTH.log10_mmin,
+                   help="lightest distinct halo, log10 M200c [Msun/h]")
+    p.add_argument("--min-log10-mstar", type=float, default=_SYNTH.min_log10_mstar,
+                   help="lightest galaxy written, log10 M* [Msun]")
+    p.add_argument("--workers", type=int, default=_SYNTH.workers, help="processes generating cells")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_synth)
 
@@ -79,16 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--galaxies", type=Path, required=True, help="galaxy catalog (UniverseMachine .bin/.txt, HDF5)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--config", type=Path, default=None, help="TOML with [snapshot] and [observe] (options override)")
-    p.add_argument("--r-aperture", type=float, default=None, help="projected aperture, comoving Mpc/h [1.6]")
-    p.add_argument("--v-cut", type=float, default=None, help="|v_los| window, km/s [2500]")
-    p.add_argument("--min-members", type=int, default=None, help="drop observations with fewer members [10]")
-    p.add_argument("--log10-mstar-min", type=float, default=None, help="galaxy stellar-mass cut, log10 Msun [9.5]")
-    p.add_argument("--host-log10-m200c-min", type=float, default=None, help="host cut, log10 M200c Msun/h [13.5]")
-    p.add_argument("--extra-directions", type=int, default=None,
-                   help="random lines of sight for hosts above --extra-log10-m200c-min [0]")
-    p.add_argument("--extra-log10-m200c-min", type=float, default=None, help="log10 M200c Msun/h [14.5]")
-    p.add_argument("--regions", type=int, default=None, help="regions per side per line of sight [4]")
-    p.add_argument("--workers", type=int, default=None, help="threads running region tasks [2]")
+    o = _OBSERVE
+    for flag, key, kind, text in (
+        ("--r-aperture", "r_aperture", float, "projected aperture, comoving Mpc/h"),
+        ("--v-cut", "v_cut", float, "|v_los| window, km/s"),
+        ("--min-members", "min_members", int, "drop observations with fewer members"),
+        ("--log10-mstar-min", "log10_mstar_min", float, "galaxy stellar-mass cut, log10 Msun"),
+        ("--host-log10-m200c-min", "host_log10_m200c_min", float, "host cut, log10 M200c Msun/h"),
+        ("--extra-directions", "extra_directions", int,
+         "random lines of sight for hosts above --extra-log10-m200c-min"),
+        ("--extra-log10-m200c-min", "extra_log10_m200c_min", float, "log10 M200c Msun/h"),
+        ("--regions", "regions_per_side", int, "regions per side per line of sight"),
+        ("--workers", "workers", int, "threads running region tasks"),
+    ):
+        p.add_argument(flag, type=kind, default=None, dest=key,
+                       help=f"{text} (default: the configuration's, else {_section_default(o, key)})")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_observe)
 
@@ -103,13 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--config", type=Path, default=None, help="TOML with a [train] section (options override)")
-    p.add_argument("--kind", action="append", choices=["mdn", "flow", "mse"], default=None,
-                   help="model(s) to train; repeat for several [mdn flow mse]")
-    p.add_argument("--ensemble", type=int, default=None, help="deep-ensemble members [3]")
-    p.add_argument("--max-epochs", type=int, default=None, help="epochs at most (early stopping) [300]")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per step [1024]")
-    p.add_argument("--test-fraction", type=float, default=None, help="fraction of hosts held out [0.25]")
-    p.add_argument("--seed", type=int, default=None, help="seed of weights, data order and splits [0]")
+    p.add_argument("--kind", action="append", choices=list(KINDS), default=None,
+                   help=f"model(s) to train; repeat for several (default: the configuration's, else "
+                        f"{_section_default(_TRAIN, 'models')})")
+    for flag, key, kind, text in (
+        ("--ensemble", "ensemble", int, "deep-ensemble members"),
+        ("--max-epochs", "max_epochs", int, "epochs at most (early stopping)"),
+        ("--batch-size", "batch_size", int, "examples per step"),
+        ("--test-fraction", "test_fraction", float, "fraction of hosts held out"),
+        ("--seed", "seed", int, "seed of weights, data order and splits"),
+    ):
+        p.add_argument(flag, type=kind, default=None, dest=key,
+                       help=f"{text} (default: the configuration's, else {_section_default(_TRAIN, key)})")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_train)
 
@@ -141,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True,
                    help="model directory (model.json), or a run's model/ directory (flow/ preferred, else mdn/)")
     p.add_argument("--members", type=Path, required=True, help="members file (.csv, .ecsv, .fits)")
-    p.add_argument("--prior", default="flat", help="flat | tinker08 | training | a two-column table file")
+    p.add_argument("--prior", default=DEFAULT_PRIOR, help="flat | tinker08 | training | a two-column table file")
     p.add_argument("--center", type=float, nargs=3, default=None, metavar=("RA", "DEC", "Z"),
                    help="cluster centre in deg, deg and redshift (default: estimated from the members)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -169,8 +205,8 @@ def _model_stage_arguments(p: argparse.ArgumentParser, *, out: str, use: str) ->
     p.add_argument("--model", type=Path, required=True, help="a run's model/ directory (from `train` or `run`)")
     p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
     p.add_argument("--out", type=Path, required=True, help=out)
-    p.add_argument("--prior", default="flat", help="flat | tinker08 | training | a two-column table file")
-    p.add_argument("--use", choices=["flow", "mdn"], default="flow", help=use)
+    p.add_argument("--prior", default=DEFAULT_PRIOR, help="flat | tinker08 | training | a two-column table file")
+    p.add_argument("--use", choices=list(CATALOG_MODELS), default=CATALOG_MODELS[0], help=use)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,6 +236,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+def _override(section: Any, args: argparse.Namespace, name: str) -> Any:
+    """``section`` with the options the user gave (those not None) put in, checked as the configuration is."""
+    import dataclasses
+
+    from pipeline.errors import ConfigError
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(section)
+             if getattr(args, f.name, None) is not None}
+    try:
+        return dataclasses.replace(section, **given)
+    except ConfigError as exc:
+        raise ConfigError(f"command-line options for {name}: {exc}") from None
+
+
 # -- commands -------------------------------------------------------------------------------------------------
 def cmd_synth(args: argparse.Namespace) -> int:
     from ingest.synth.box import SynthConfig
@@ -222,8 +272,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from flows.config import load_config
     from ingest.catalog import read_galaxies, read_halos
-    from pipeline.config import load_config
 
     kind = args.kind or ("galaxies" if any(k in args.file.name.lower() for k in ("galax", "sfr_catalog", "um")) else
                          "halos")
@@ -256,27 +306,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from features.io import write_observations
     from features.observe import make_observations
-    from flows.run import observation_config
+    from flows.config import load_config
     from ingest.catalog import read_galaxies, read_halos
-    from pipeline.config import load_config
     from pipeline.progress import Progress
 
     config = load_config(args.config)
-    overrides = {
-        "r_aperture": args.r_aperture, "v_cut": args.v_cut, "min_members": args.min_members,
-        "log10_mstar_min": args.log10_mstar_min, "host_log10_m200c_min": args.host_log10_m200c_min,
-        "extra_directions": args.extra_directions, "extra_log10_m200c_min": args.extra_log10_m200c_min,
-        "regions_per_side": args.regions, "workers": args.workers,
-    }
-    section = dataclasses.replace(config.observe, **{k: v for k, v in overrides.items() if v is not None})
+    section = _override(config.observe, args, "[observe]")
     start = time.perf_counter()
     halos = read_halos(args.halos, snapshot=config.snapshot)
     galaxies = read_galaxies(args.galaxies, snapshot=config.snapshot)
-    obs = make_observations(halos, galaxies, observation_config(section), num_workers=section.workers,
+    obs = make_observations(halos, galaxies, section.observation_config(), num_workers=section.workers,
                             progress=Progress("regions", enabled=not args.quiet))
     obs_dir, members = write_observations(args.out, obs)
     print(f"observations: {obs_dir}  ({len(obs.table)} kept of {len(obs.table) + obs.dropped['total']}, "
@@ -287,16 +328,12 @@ def cmd_observe(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from features.io import load_observation_table
-    from flows.train import train_stage
-    from pipeline.config import load_config
+    from flows.config import load_config
+    from models.stage import train_stage
 
     config = load_config(args.config)
-    overrides = {"ensemble": args.ensemble, "max_epochs": args.max_epochs, "batch_size": args.batch_size,
-                 "test_fraction": args.test_fraction, "seed": args.seed}
-    section = dataclasses.replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
+    section = _override(config.train, args, "[train]")
     start = time.perf_counter()
     table, meta = load_observation_table(args.observations)
     summary = train_stage(table, section, args.out, kinds=args.kind,
@@ -321,7 +358,8 @@ def _observation_table(directory: Path):
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from flows.infer import catalog_stage, held_out
+    from catalogs.stage import catalog_stage
+    from models.stage import held_out
 
     start = time.perf_counter()
     table, snapshot = _observation_table(args.observations)
@@ -336,12 +374,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flows.infer import held_out, load_models, load_msigma
     from inference.validate import validate
+    from models.stage import held_out, load_models, load_msigma
 
     table, snapshot = _observation_table(args.observations)
     test = held_out(table, args.model)
-    metrics, _ = validate(test, load_models(args.model), load_msigma(args.model / "msigma.json"), prior=args.prior,
+    metrics = validate(test, load_models(args.model), load_msigma(args.model / "msigma.json"), prior=args.prior,
                           main=args.use, snapshot=snapshot, out_dir=args.out)
     print(f"validation: {args.out / 'metrics.json'}  ({metrics['n_test']} held-out observations, "
           f"{metrics['n_test_1e14_1e15']} in 1e14-1e15 Msun/h)")
@@ -355,14 +393,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from flows.query import plot_posterior, query
+    from inference.query import query
 
     result = query(args.model, args.members, prior=args.prior,
                    centre=tuple(args.center) if args.center is not None else None)
     for note in result.warnings:
         print(note, file=sys.stderr)
     if args.plot is not None:
-        plot_posterior(result, args.plot)
+        from inference.plots import query_posterior
+
+        query_posterior(result.grid, result.pdf, result.summary, args.plot)
     s = result.summary
     if args.json:
         print(json.dumps(s, indent=2))
@@ -378,7 +418,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from flows.config import load_config
 
     config = load_config(args.config)  # every configuration error before Prefect starts
     out = Path(args.out or config.output.dir)

@@ -1,0 +1,96 @@
+"""The catalog stage: posterior mass catalogs (``catalog.h5`` and ``catalog.fits``) of a table of observations.
+
+Both files have the same rows and columns (:mod:`catalogs.schema`); they are streamed block by block, so only one
+block of PDFs is in memory. Called by ``clustermass infer`` and by the flow's catalogs task alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from catalogs.fits import FITSCatalogWriter
+from catalogs.hdf5 import HDF5CatalogWriter
+from inference.posterior import SUMMARY_COLUMNS, prepare, summary_columns
+from models.model import TARGET, TrainedModel
+from models.stage import load_models
+from pipeline.errors import InputError
+from pipeline.provenance import code_version, model_digest, now
+from pipeline.snapshot import Snapshot
+
+#: observations per block of posteriors (memory: one block of PDFs)
+CHUNK = 4096
+
+
+def provenance_for(model_dir: Path, main: str, models: dict[str, TrainedModel], target_name: str,
+                   snapshot: Snapshot, rows: str, config_digest: str = "") -> dict[str, Any]:
+    """The provenance every catalog carries (FITS header, HDF5 root attributes)."""
+    return {
+        "code_version": code_version(),
+        "config_digest": config_digest,
+        "model": main,
+        "model_digest": model_digest(model_dir / main),
+        "training_data_sha256": models[main].data_digest,
+        "target_prior": target_name,
+        "training_prior": f"KDE of {models[main].training_prior.n_train} training log10 M200c, "
+                          f"bandwidth {models[main].training_prior.bandwidth:.4f} dex",
+        "cosmology": json.dumps(snapshot.cosmology.to_dict()),
+        "snapshot": json.dumps(snapshot.to_dict()),
+        "rows": rows,
+        "created": now(),
+    }
+
+
+def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                  prior: str, snapshot: Snapshot, main: str = "flow", rows: str = "all observations",
+                  config_digest: str = "", chunk: int = CHUNK) -> list[Path]:
+    """Catalogs of every row of ``table`` (a feature table) under the target ``prior``: ``out/catalog.h5`` and
+    ``out/catalog.fits``.
+
+    ``main``: the density model that fills the catalog (the other one if ``main`` was not trained); ``rows``: what
+    the rows are, for the provenance.
+    """
+    model_dir, out = Path(model_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = load_models(model_dir)
+    if main not in models or not models[main].spec.is_density:
+        main = "flow" if "flow" in models else "mdn"
+    model = models[main]
+    missing = [f for f in model.feature_names if f not in table.columns]
+    if missing:
+        raise InputError(model_dir / main, f"the observations lack the model's features {missing}")
+    setup = prepare(model, prior, snapshot=snapshot)
+    provenance = provenance_for(model_dir, main, models, setup.target.name, snapshot, rows, config_digest)
+    x = table[list(model.feature_names)].to_numpy()
+    probe = catalog_columns(table.iloc[:1], {k: np.zeros(1, np.float32) for k in SUMMARY_COLUMNS},
+                            np.zeros((1, len(setup.grid)), np.float32))
+    names = list(probe)
+    paths = [out / "catalog.h5", out / "catalog.fits"]
+    with HDF5CatalogWriter(paths[0], len(table), setup.grid, names, provenance) as h5, \
+            FITSCatalogWriter(paths[1], len(table), setup.grid, names, provenance) as fits:
+        for block in setup.blocks(x, chunk=chunk):
+            part = table.iloc[block.start:block.start + len(block.pdf)]
+            cols = catalog_columns(part, block.values, block.pdf)
+            h5.append(cols)
+            fits.append(cols)
+    return paths
+
+
+def catalog_columns(rows: pd.DataFrame, values: dict[str, np.ndarray], pdf: np.ndarray) -> dict[str, np.ndarray]:
+    """The catalog columns of feature-table ``rows`` with their posterior summaries ``values`` and ``pdf`` (N, G)."""
+    cols = {
+        "cluster_id": rows["cluster_id"].to_numpy(np.int64),
+        "los": rows["los"].to_numpy(np.int16),
+        "n_members": rows["n_members"].to_numpy(np.int32),
+        "sigma_v": rows["sigma_v_biweight"].to_numpy(np.float32),
+        **summary_columns(values),
+        "log10_m200c_pdf": pdf,
+    }
+    if TARGET in rows:
+        cols["log10_m200c_true"] = rows[TARGET].to_numpy(np.float32)
+    return cols

@@ -1,0 +1,67 @@
+"""Acceptance: the science criteria a validation must meet, judged on its metrics (numbers in, verdicts out).
+
+For the main model's corrected posterior mode on held-out hosts, over 1e14-1e15 h^-1 Msun:
+
+- per 0.1-dex bin of true mass holding at least ``MIN_BIN_COUNT`` observations, |bias| <= max(``BIAS_LIMIT``,
+  2 standard errors of the bias);
+- scatter at most ``MSIGMA_SCATTER_FRACTION`` of the M-sigma baseline's;
+- 68% and 95% coverage (importance-weighted to the target prior) within ``COVERAGE_TOLERANCE`` of nominal.
+
+The biases of the MSE regression and of the uncorrected posterior mean in the lowest and highest well-populated
+bins are reported (the regression-to-the-mean the interim-prior correction removes); they carry no verdict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: fewest observations a bin needs to be judged
+MIN_BIN_COUNT = 30
+#: per-bin bias limit, dex (or two standard errors, whichever is larger)
+BIAS_LIMIT = 0.02
+#: the main model's scatter may be at most this fraction of M-sigma's
+MSIGMA_SCATTER_FRACTION = 0.5
+#: allowed distance of the 68% and 95% coverage from nominal
+COVERAGE_TOLERANCE = 0.03
+
+
+def acceptance(metrics: dict[str, Any], main_kind: str) -> dict[str, Any]:
+    """Each criterion for the main model ``main_kind`` with its numbers and a verdict (``pass``).
+
+    ``metrics``: the document of :func:`inference.metrics.validation_metrics`.
+    """
+    main = metrics["methods"][f"{main_kind}_corrected_mode"]
+    bins = [b for b in main["by_bin"] if b["n"] >= MIN_BIN_COUNT]
+    bad = [b for b in bins if abs(b["bias"]) > max(BIAS_LIMIT, 2 * b["bias_se"])]
+    ms = metrics["methods"]["msigma"]["scatter"]
+    c68, c95 = metrics["coverage_68"], metrics["coverage_95"]
+    full_mse = metrics["methods"]["mse_regression"]["full_range_by_bin"]
+    unc_kind = "mdn" if "mdn_uncorrected_mean" in metrics["methods"] else main_kind
+    full_unc = metrics["methods"][f"{unc_kind}_uncorrected_mean"]["full_range_by_bin"]
+
+    def ends(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r["n"] >= MIN_BIN_COUNT]
+
+    scatter_ok = main["scatter"] is not None and ms is not None and main["scatter"] <= MSIGMA_SCATTER_FRACTION * ms
+    return {
+        "bias_within_max_0.02_or_2se_in_every_bin": {"pass": not bad, "bins_checked": len(bins),
+                                                      "failing_bins": [(b["lo"], round(b["bias"], 4)) for b in bad]},
+        "scatter_at_most_half_msigma": {"pass": bool(scatter_ok), "scatter": main["scatter"], "msigma_scatter": ms},
+        "coverage_68_within_3pp": {"pass": _near(c68, 0.68), "value": c68},
+        "coverage_95_within_3pp": {"pass": _near(c95, 0.95), "value": c95},
+        "mse_and_uncorrected_mean_biased_at_ends": {
+            "mse_lowest_bin_bias": ends(full_mse)[0]["bias"] if ends(full_mse) else None,
+            "mse_highest_bin_bias": ends(full_mse)[-1]["bias"] if ends(full_mse) else None,
+            "uncorrected_mean_lowest_bin_bias": ends(full_unc)[0]["bias"] if ends(full_unc) else None,
+            "uncorrected_mean_highest_bin_bias": ends(full_unc)[-1]["bias"] if ends(full_unc) else None,
+        },
+    }
+
+
+def _near(value: float | None, nominal: float) -> bool:
+    return value is not None and abs(value - nominal) <= COVERAGE_TOLERANCE
+
+
+def passed(verdicts: dict[str, Any]) -> bool:
+    """True when every criterion that carries a verdict passed."""
+    return all(v["pass"] for v in verdicts.values() if "pass" in v)

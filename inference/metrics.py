@@ -1,0 +1,162 @@
+"""Validation metrics on held-out observations, as pure functions: arrays in, numbers out.
+
+Methods compared (log10 M200c estimates, dex of Msun/h): the M-sigma power law, the MSE regression, the uncorrected
+posterior mean (what NLL training alone gives) and the corrected mode and median of every density model (MDN,
+flow). The main model (default: the flow when trained) provides the headline numbers and the calibration.
+Accuracy is bias and scatter of log10(M_est / M_true) over ``MASS_RANGE`` (1e14-1e15 h^-1 Msun) and in
+``BIN_WIDTH`` bins of true mass. Calibration: coverage of central credible intervals and the PIT histogram — for
+the corrected posterior on the held-out set importance-weighted to the target prior, for the uncorrected one on the
+held-out set as drawn (:mod:`inference.calibration`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from inference import calibration
+from inference.summaries import pit
+
+#: log10 M200c [Msun/h] range of the headline bias and scatter
+MASS_RANGE = (14.0, 15.0)
+#: width of the true-mass bins, dex
+BIN_WIDTH = 0.1
+
+
+def bin_edges(lo: float = MASS_RANGE[0], hi: float = MASS_RANGE[1], width: float = BIN_WIDTH) -> np.ndarray:
+    """Edges of ``width``-dex bins from ``lo`` to ``hi`` (log10 Msun/h)."""
+    return np.round(np.arange(lo, hi + width / 2, width), 6)
+
+
+def full_range_edges(true: np.ndarray) -> np.ndarray:
+    """``BIN_WIDTH`` bins over the whole range of ``true`` (for the biases of the baselines at the ends)."""
+    return np.round(np.arange(np.floor(true.min() * 10) / 10, true.max() + 0.1, BIN_WIDTH), 6)
+
+
+def accuracy(est: np.ndarray, true: np.ndarray) -> dict[str, Any]:
+    """Bias/scatter of ``est - true`` [dex] over MASS_RANGE and per bin (:func:`bin_edges`)."""
+    sel = (true >= MASS_RANGE[0]) & (true < MASS_RANGE[1])
+    return {"range": list(MASS_RANGE), **calibration.bias_scatter(est[sel], true[sel]),
+            "by_bin": calibration.binned(est, true, bin_edges())}
+
+
+@dataclass(frozen=True)
+class DensityPosteriors:
+    """One density model's posteriors of the held-out set.
+
+    grid : (G,) log10 M200c [Msun/h]; pdf : (N, G) corrected to the target prior; values : its summaries (N,)
+    (:data:`inference.posterior.SUMMARY_COLUMNS` names without the prefix); raw_pdf : (N, G) uncorrected;
+    log_target : (G,) natural log of the target prior; p_train : (G,) the interim prior, per dex; target_name :
+    the target prior's name.
+    """
+
+    grid: np.ndarray
+    pdf: np.ndarray
+    values: dict[str, np.ndarray]
+    raw_pdf: np.ndarray
+    log_target: np.ndarray
+    p_train: np.ndarray
+    target_name: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Coverage and PIT of the main model: corrected (importance-weighted) and uncorrected."""
+
+    levels: np.ndarray
+    corrected: np.ndarray
+    uncorrected: np.ndarray
+    pit_corrected: tuple[np.ndarray, np.ndarray]
+    pit_uncorrected: tuple[np.ndarray, np.ndarray]
+    weights: np.ndarray
+    headline_corrected: tuple[float, float]  # 68% and 95% coverage
+    headline_uncorrected: tuple[float, float]
+
+
+def methods_accuracy(true: np.ndarray, *, msigma: np.ndarray, mse: np.ndarray | None,
+                     density: dict[str, DensityPosteriors]) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Accuracy of every method, and the estimates by display name (for the plots)."""
+    edges = full_range_edges(true)
+    methods: dict[str, dict[str, Any]] = {"msigma": accuracy(msigma, true)}
+    estimates = {"M-sigma": msigma}
+    if mse is not None:
+        methods["mse_regression"] = accuracy(mse, true) | {"full_range_by_bin": calibration.binned(mse, true, edges)}
+        estimates["MSE regression"] = mse
+    for kind, post in density.items():
+        vals = post.values
+        label = "MDN" if kind == "mdn" else "flow"
+        methods[f"{kind}_uncorrected_mean"] = accuracy(vals["uncorrected_mean"], true) | {
+            "full_range_by_bin": calibration.binned(vals["uncorrected_mean"], true, edges)}
+        methods[f"{kind}_corrected_mode"] = accuracy(vals["mode"], true)
+        methods[f"{kind}_corrected_median"] = accuracy(vals["median"], true)
+        if kind == "mdn":
+            estimates["MDN uncorrected mean"] = vals["uncorrected_mean"]
+        estimates[f"{label} corrected mode"] = vals["mode"]
+    if "mse_regression" not in methods:  # keep the schema stable when no MSE model was trained
+        methods["mse_regression"] = {"by_bin": [], "full_range_by_bin": [], "scatter": float("nan")}
+    return methods, estimates
+
+
+def calibrate(true: np.ndarray, post: DensityPosteriors) -> Calibration:
+    """Coverage curves and PIT histograms of ``post``: corrected weighted by p_target / p_train, uncorrected as is."""
+    g = jnp.asarray(post.grid)
+    pit_corr = np.asarray(pit(g, jnp.asarray(post.pdf), jnp.asarray(true)))
+    pit_raw = np.asarray(pit(g, jnp.asarray(post.raw_pdf), jnp.asarray(true)))
+    weights = calibration.importance_weights(true, post.grid, post.log_target, post.p_train)
+    levels = np.asarray(calibration.LEVELS)
+    c68, c95 = calibration.coverage(pit_corr, (0.68, 0.95), weights)
+    u68, u95 = calibration.coverage(pit_raw, (0.68, 0.95))
+    return Calibration(levels, calibration.coverage(pit_corr, levels, weights), calibration.coverage(pit_raw, levels),
+                       calibration.pit_histogram(pit_corr, weights=weights), calibration.pit_histogram(pit_raw),
+                       weights, (float(c68), float(c95)), (float(u68), float(u95)))
+
+
+def validation_metrics(true: np.ndarray, n_hosts: int, *, methods: dict[str, dict[str, Any]], cal: Calibration,
+                       main_kind: str, target_name: str, msigma_fit: dict[str, Any]) -> dict[str, Any]:
+    """The metrics.json document (without the acceptance verdicts): headline numbers of the main model, coverage,
+    PIT, the baselines and every method's accuracy. NaN becomes None (JSON)."""
+    main_row = methods[f"{main_kind}_corrected_mode"]
+    c68, c95 = cal.headline_corrected
+    u68, u95 = cal.headline_uncorrected
+    metrics: dict[str, Any] = {
+        "n_test": len(true),
+        "n_test_hosts": n_hosts,
+        "n_test_1e14_1e15": main_row["n"],
+        "target_prior": target_name,
+        "estimator": f"{main_kind} corrected posterior mode",
+        "scatter_dex": main_row["scatter"],
+        "bias_dex": main_row["bias"],
+        "bias_by_bin": main_row["by_bin"],
+        "coverage_68": c68,
+        "coverage_95": c95,
+        "coverage_effective_sample_size": calibration.effective_sample_size(cal.weights),
+        "uncorrected_coverage_68": u68,
+        "uncorrected_coverage_95": u95,
+        "coverage_curve": {"levels": cal.levels.tolist(), "corrected": cal.corrected.tolist(),
+                           "uncorrected": cal.uncorrected.tolist()},
+        "pit_histogram": {"edges": cal.pit_corrected[1].tolist(), "corrected": cal.pit_corrected[0].tolist(),
+                          "uncorrected": cal.pit_uncorrected[0].tolist()},
+        "msigma_scatter_dex": methods["msigma"]["scatter"],
+        "msigma_bias_dex": methods["msigma"]["bias"],
+        "msigma_fit": msigma_fit,
+        "mse_regression_bias_by_bin": methods["mse_regression"]["by_bin"],
+        "methods": methods,
+        "main_model": main_kind,
+    }
+    return json_safe(metrics)
+
+
+def json_safe(obj: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN to None."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,93 @@
+"""Acceptance verdicts on hand-made metrics: each threshold passes at its edge and fails just past it."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from inference.acceptance import BIAS_LIMIT, COVERAGE_TOLERANCE, MIN_BIN_COUNT, acceptance, passed
+from inference.metrics import accuracy, bin_edges
+
+
+def _bin(lo: float, bias: float, n: int = 100, se: float = 0.001) -> dict:
+    return {"lo": lo, "hi": round(lo + 0.1, 6), "n": n, "bias": bias, "bias_se": se, "scatter": 0.1}
+
+
+def _metrics(**changes) -> dict:
+    """A metrics document that passes every criterion; ``changes`` edit it."""
+    bins = [_bin(round(14.0 + 0.1 * i, 6), 0.0) for i in range(10)]
+    m = {
+        "coverage_68": 0.68,
+        "coverage_95": 0.95,
+        "methods": {
+            "flow_corrected_mode": {"by_bin": bins, "scatter": 0.1},
+            "msigma": {"scatter": 0.3},
+            "mse_regression": {"full_range_by_bin": [_bin(13.5, 0.09), _bin(14.5, 0.0), _bin(15.0, -0.1)]},
+            "mdn_uncorrected_mean": {"full_range_by_bin": [_bin(13.5, 0.08, n=5), _bin(13.6, 0.07)]},
+        },
+    }
+    for path, value in changes.items():
+        node = m
+        *keys, last = path.split("/")
+        for k in keys:
+            node = node[k] if not k.isdigit() else node[int(k)]
+        node[int(last) if last.isdigit() else last] = value
+    return m
+
+
+def test_a_good_validation_passes_every_criterion():
+    verdicts = acceptance(_metrics(), "flow")
+    assert passed(verdicts)
+    assert verdicts["bias_within_max_0.02_or_2se_in_every_bin"]["bins_checked"] == 10
+    ends = verdicts["mse_and_uncorrected_mean_biased_at_ends"]
+    assert ends["mse_lowest_bin_bias"] == 0.09 and ends["mse_highest_bin_bias"] == -0.1
+    assert ends["uncorrected_mean_lowest_bin_bias"] == 0.07  # the 5-observation bin is too small to count
+
+
+@pytest.mark.parametrize(("bias", "se", "ok"), [(BIAS_LIMIT, 0.001, True), (BIAS_LIMIT + 1e-4, 0.001, False),
+                                                (0.05, 0.03, True), (-0.05, 0.02, False)])
+def test_bias_limit_is_the_larger_of_the_limit_and_two_standard_errors(bias, se, ok):
+    m = _metrics(**{"methods/flow_corrected_mode/by_bin/3": _bin(14.3, bias, se=se)})
+    check = acceptance(m, "flow")["bias_within_max_0.02_or_2se_in_every_bin"]
+    assert check["pass"] is ok
+    assert check["failing_bins"] == ([] if ok else [(14.3, round(bias, 4))])
+
+
+def test_sparse_bins_are_not_judged():
+    m = _metrics(**{"methods/flow_corrected_mode/by_bin/9": _bin(14.9, 0.5, n=MIN_BIN_COUNT - 1)})
+    check = acceptance(m, "flow")["bias_within_max_0.02_or_2se_in_every_bin"]
+    assert check["pass"] and check["bins_checked"] == 9
+
+
+@pytest.mark.parametrize(("level", "name"), [("coverage_68", "coverage_68_within_3pp"),
+                                             ("coverage_95", "coverage_95_within_3pp")])
+def test_coverage_within_tolerance_of_nominal(level, name):
+    nominal = 0.68 if level == "coverage_68" else 0.95
+    assert acceptance(_metrics(**{level: nominal - COVERAGE_TOLERANCE + 1e-9}), "flow")[name]["pass"]
+    assert not acceptance(_metrics(**{level: nominal + COVERAGE_TOLERANCE + 1e-3}), "flow")[name]["pass"]
+    failing = acceptance(_metrics(**{level: None}), "flow")  # undefined coverage never passes
+    assert not failing[name]["pass"] and not passed(failing)
+
+
+def test_scatter_must_be_at_most_half_of_msigma():
+    assert acceptance(_metrics(**{"methods/flow_corrected_mode/scatter": 0.15}), "flow")[
+        "scatter_at_most_half_msigma"]["pass"]
+    failing = acceptance(_metrics(**{"methods/flow_corrected_mode/scatter": 0.1501}), "flow")
+    assert not failing["scatter_at_most_half_msigma"]["pass"] and not passed(failing)
+
+
+def test_main_model_kind_selects_the_rows_judged():
+    m = _metrics()
+    m["methods"]["mdn_corrected_mode"] = copy.deepcopy(m["methods"]["flow_corrected_mode"])
+    m["methods"]["mdn_corrected_mode"]["by_bin"][0] = _bin(14.0, 0.2)
+    assert passed(acceptance(m, "flow")) and not passed(acceptance(m, "mdn"))
+
+
+def test_accuracy_bins_and_range_on_known_offsets():
+    true = np.repeat(bin_edges()[:-1] + 0.05, 40)
+    est = true + 0.03
+    acc = accuracy(est, true)
+    assert acc["n"] == len(true) and acc["bias"] == pytest.approx(0.03) and acc["scatter"] == pytest.approx(0.0)
+    assert [b["n"] for b in acc["by_bin"]] == [40] * 10
