@@ -379,8 +379,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     table, snapshot = _observation_table(args.observations)
     test = held_out(table, args.model)
-    metrics = validate(test, load_models(args.model), load_msigma(args.model / "msigma.json"), prior=args.prior,
-                          main=args.use, snapshot=snapshot, out_dir=args.out)
+    fits = args.model / "msigma.json"
+    metrics = validate(test, load_models(args.model), load_msigma(fits), prior=args.prior, main=args.use,
+                       snapshot=snapshot, msigma_pure=load_msigma(fits, pure=True), out_dir=args.out)
     print(f"validation: {args.out / 'metrics.json'}  ({metrics['n_test']} held-out observations, "
           f"{metrics['n_test_1e14_1e15']} in 1e14-1e15 Msun/h)")
     print(f"{metrics['estimator']}: bias {metrics['bias_dex']:+.4f} dex, scatter {metrics['scatter_dex']:.4f} dex; "

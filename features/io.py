@@ -36,6 +36,7 @@ TABLE_UNITS: dict[str, str] = {
     "log10_m200c_true": "dex(Msun/h)",
     "log10_mvir_true": "dex(Msun/h)",
     "n_true_members": "",
+    "sigma_v_true_std": "km/s",
     **{f.name: f.unit for f in FEATURES},
 }
 OBSERVATIONS_DIR = "observations"

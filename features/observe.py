@@ -355,16 +355,30 @@ def _assemble(hosts: pd.DataFrame, los: int, offsets: np.ndarray, r_proj: np.nda
     feats = compute_features(offsets, r_proj, v_los, rec["log10_mstar"], r_aperture=spec.r_aperture)
     m200c = hosts["m200c"].to_numpy(np.float64)
     mvir = hosts["mvir"].to_numpy(np.float64)
+    row = np.repeat(np.arange(len(hosts)), counts)
+    n_true = np.bincount(row, weights=true_member, minlength=len(hosts))
     table = pd.DataFrame({
         "cluster_id": host_id.astype(np.int64),
         "los": np.full(len(hosts), los, dtype=np.int16),
         "log10_m200c_true": np.log10(m200c).astype(np.float32),
         "log10_mvir_true": np.log10(np.where(mvir > 0, mvir, np.nan)).astype(np.float32),
-        "n_true_members": np.bincount(np.repeat(np.arange(len(hosts)), counts), weights=true_member,
-                                      minlength=len(hosts)).astype(np.int32),
+        "n_true_members": n_true.astype(np.int32),
+        "sigma_v_true_std": _true_member_dispersion(row, v_los, true_member, n_true),
         **{name: np.asarray(values) for name, values in feats.items()},
     })
     return table, members
+
+
+def _true_member_dispersion(row: np.ndarray, v_los: np.ndarray, true_member: np.ndarray,
+                            n_true: np.ndarray) -> np.ndarray:
+    """Standard deviation (ddof = 1) of v_los [km/s] over each observation's true members (Ho et al. 2019's "pure"
+    dispersion; truth, never a model input); NaN below two true members."""
+    v = np.where(true_member, np.asarray(v_los, dtype=np.float64), 0.0)
+    s1 = np.bincount(row, weights=v, minlength=len(n_true))
+    s2 = np.bincount(row, weights=v * v, minlength=len(n_true))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (s2 - s1 * s1 / n_true) / (n_true - 1.0)
+    return np.where(n_true >= 2, np.sqrt(np.maximum(var, 0.0)), np.nan).astype(np.float32)
 
 
 def _run(tasks: list, scheduler: str, num_workers: int | None, progress: Callable[[int, int], None] | None) -> list:
@@ -393,5 +407,6 @@ def _direction_path(scratch: Path, d: int) -> Path:
 
 
 def _empty_table() -> pd.DataFrame:
-    cols = ["cluster_id", "los", "log10_m200c_true", "log10_mvir_true", "n_true_members", *[f.name for f in FEATURES]]
+    cols = ["cluster_id", "los", "log10_m200c_true", "log10_mvir_true", "n_true_members", "sigma_v_true_std",
+            *[f.name for f in FEATURES]]
     return pd.DataFrame({c: [] for c in cols})

@@ -210,8 +210,9 @@ def validate_models(run_dir: str, observations_digest: str, model_dir: str, mode
     table = _catalog_rows(run_dir, model_dir, rows)
     models = load_models(Path(model_dir))
     out = Path(run_dir) / "validation"
-    metrics = validate(table, models, load_msigma(Path(model_dir) / "msigma.json"), prior=prior, main=main,
-                          snapshot=_snapshot(snapshot), out_dir=out)
+    fits = Path(model_dir) / "msigma.json"
+    metrics = validate(table, models, load_msigma(fits), prior=prior, main=main, snapshot=_snapshot(snapshot),
+                       msigma_pure=load_msigma(fits, pure=True), out_dir=out)
     keys = ("n_test", "scatter_dex", "bias_dex", "coverage_68", "coverage_95", "msigma_scatter_dex",
             "msigma_bias_dex")
     summary = {k: metrics[k] for k in keys if k in metrics}

@@ -77,11 +77,19 @@ class Calibration:
 
 
 def methods_accuracy(true: np.ndarray, *, msigma: np.ndarray, mse: np.ndarray | None,
-                     density: dict[str, DensityPosteriors]) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
-    """Accuracy of every method, and the estimates by display name (for the plots)."""
+                     density: dict[str, DensityPosteriors], msigma_pure: np.ndarray | None = None
+                     ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Accuracy of every method, and the estimates by display name (for the plots).
+
+    ``msigma``: the contaminated M-sigma baseline (all cylinder members); ``msigma_pure``: the same law on the true
+    members' dispersion (mocks only), the best a dispersion alone can do.
+    """
     edges = full_range_edges(true)
     methods: dict[str, dict[str, Any]] = {"msigma": accuracy(msigma, true)}
     estimates = {"M-sigma": msigma}
+    if msigma_pure is not None:
+        methods["msigma_pure"] = accuracy(msigma_pure, true)
+        estimates["M-sigma, true members"] = msigma_pure
     if mse is not None:
         methods["mse_regression"] = accuracy(mse, true) | {"full_range_by_bin": calibration.binned(mse, true, edges)}
         estimates["MSE regression"] = mse
@@ -141,6 +149,7 @@ def validation_metrics(true: np.ndarray, n_hosts: int, *, methods: dict[str, dic
                           "uncorrected": cal.pit_uncorrected[0].tolist()},
         "msigma_scatter_dex": methods["msigma"]["scatter"],
         "msigma_bias_dex": methods["msigma"]["bias"],
+        "msigma_pure_scatter_dex": methods.get("msigma_pure", {}).get("scatter"),
         "msigma_fit": msigma_fit,
         "mse_regression_bias_by_bin": methods["mse_regression"]["by_bin"],
         "methods": methods,

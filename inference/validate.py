@@ -29,7 +29,7 @@ from inference.posterior import prepare
 from inference.priors import DEFAULT_PRIOR
 from models.model import TARGET, TrainedModel, predict_point
 from models.msigma import FEATURE as MSIGMA_FEATURE
-from models.msigma import MSigmaFit
+from models.msigma import PURE_FEATURE, MSigmaFit
 from pipeline.errors import ConfigError
 from pipeline.files import write_json
 from pipeline.snapshot import Snapshot
@@ -69,8 +69,13 @@ def main_kind_of(models: dict[str, TrainedModel], main: str | None) -> str:
 
 
 def evaluate(test: pd.DataFrame, models: dict[str, TrainedModel], msigma: MSigmaFit, *, prior: str = DEFAULT_PRIOR,
-             main: str | None = None, snapshot: Snapshot | None = None) -> Validation:
-    """Metrics with acceptance verdicts for held-out observations ``test`` (a feature table with the truth)."""
+             main: str | None = None, snapshot: Snapshot | None = None,
+             msigma_pure: MSigmaFit | None = None) -> Validation:
+    """Metrics with acceptance verdicts for held-out observations ``test`` (a feature table with the truth).
+
+    ``msigma``: the M-sigma baseline on all cylinder members; ``msigma_pure``: on the true members (when the table
+    has their dispersion, ``sigma_v_true_std``).
+    """
     main_kind = main_kind_of(models, main)
     true = test[TARGET].to_numpy(np.float64)
     mse = None
@@ -78,8 +83,11 @@ def evaluate(test: pd.DataFrame, models: dict[str, TrainedModel], msigma: MSigma
         mse = predict_point(models["mse"], test[list(models["mse"].feature_names)].to_numpy())
     density = {kind: density_posteriors(model, test[list(model.feature_names)].to_numpy(), prior, snapshot)
                for kind, model in models.items() if model.spec.is_density}
+    pure = None
+    if msigma_pure is not None and PURE_FEATURE in test:
+        pure = msigma_pure.predict(test[PURE_FEATURE].to_numpy())
     methods, estimates = methods_accuracy(true, msigma=msigma.predict(test[MSIGMA_FEATURE].to_numpy()), mse=mse,
-                                          density=density)
+                                          density=density, msigma_pure=pure)
     cal = calibrate(true, density[main_kind])
     metrics = validation_metrics(true, int(test["cluster_id"].nunique()), methods=methods, cal=cal,
                                  main_kind=main_kind, target_name=density[main_kind].target_name,
@@ -108,10 +116,10 @@ def write_report(validation: Validation, out_dir: str | os.PathLike[str], *, n_e
 
 
 def validate(test: pd.DataFrame, models: dict[str, TrainedModel], msigma: MSigmaFit, *, prior: str = DEFAULT_PRIOR,
-             main: str | None = None, snapshot: Snapshot | None = None,
+             main: str | None = None, snapshot: Snapshot | None = None, msigma_pure: MSigmaFit | None = None,
              out_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """:func:`evaluate`, then :func:`write_report` into ``out_dir`` when given; returns the metrics."""
-    validation = evaluate(test, models, msigma, prior=prior, main=main, snapshot=snapshot)
+    validation = evaluate(test, models, msigma, prior=prior, main=main, snapshot=snapshot, msigma_pure=msigma_pure)
     if out_dir is not None:
         write_report(validation, out_dir)
     return validation.metrics

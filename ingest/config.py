@@ -15,6 +15,8 @@ from ingest.synth.synthesize import DEFAULT_FORMAT, OUTPUT_FORMATS
 from pipeline.config import default
 from pipeline.errors import ConfigError
 
+#: the synthetic physics (Tinker+08 mass function, Moster+13, Evrard+08) is used within its calibrated range
+MAX_REDSHIFT = 0.5
 #: the embedded default run's box side, comoving Mpc/h: large enough for calibrated coverage (README, Science)
 DEFAULT_BOX_SIZE = 800.0
 
@@ -37,13 +39,15 @@ class InputSection:
 class SynthSection:
     """``[synth]``: the synthetic MultiDark-style box generated when no ``[input]`` is given.
 
-    box_size : comoving Mpc/h; seed : the box's random seed; format : one of ``OUTPUT_FORMATS``;
+    box_size : comoving Mpc/h; seed : the box's random seed; redshift : of the snapshot, 0 to 0.5 (match it to the
+    clusters you study; MDPL2's z = 0.117 snapshot by default); format : one of ``OUTPUT_FORMATS``;
     log10_mmin : lightest distinct halo, log10 M200c [Msun/h]; min_log10_mstar : lightest galaxy written,
     log10 M* [Msun]; workers : processes generating cells (speed only).
     """
 
     box_size: float = DEFAULT_BOX_SIZE
     seed: int = default(SynthConfig, "seed")
+    redshift: float = round(1.0 / default(SynthConfig, "scale_factor") - 1.0, 4)
     format: str = DEFAULT_FORMAT
     log10_mmin: float = default(SynthConfig, "log10_mmin")
     min_log10_mstar: float = default(SynthConfig, "min_log10_mstar")
@@ -52,14 +56,20 @@ class SynthSection:
     def __post_init__(self) -> None:
         if not self.box_size > 0 or self.workers < 1:
             raise ConfigError("box_size must be > 0 Mpc/h and workers >= 1")
+        if not 0.0 <= self.redshift <= MAX_REDSHIFT:
+            raise ConfigError(f"redshift must be in [0, {MAX_REDSHIFT}], got {self.redshift}")
         if self.format not in OUTPUT_FORMATS:
             raise ConfigError(f"format must be one of {list(OUTPUT_FORMATS)}, got {self.format!r}")
         self.box_config()  # the physics' own checks (seed, mass range), before anything runs
 
     def box_params(self) -> dict[str, Any]:
         """The :class:`SynthConfig` arguments this section sets (what defines the box's content)."""
-        return {"box_size": self.box_size, "seed": self.seed, "log10_mmin": self.log10_mmin,
-                "min_log10_mstar": self.min_log10_mstar}
+        params = {"box_size": self.box_size, "seed": self.seed, "log10_mmin": self.log10_mmin,
+                  "min_log10_mstar": self.min_log10_mstar}
+        default_a = default(SynthConfig, "scale_factor")
+        if abs(self.redshift - (1.0 / default_a - 1.0)) > 5e-5:  # the default snapshot keeps MDPL2's exact a
+            params["scale_factor"] = 1.0 / (1.0 + self.redshift)
+        return params
 
     def box_config(self) -> SynthConfig:
         return SynthConfig(**self.box_params())

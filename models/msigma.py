@@ -17,6 +17,8 @@ import numpy as np
 
 #: the feature the baseline reads: the plain dispersion of all cylinder members (the contaminated baseline), km/s
 FEATURE = "sigma_v_std"
+#: the truth column of the "pure" baseline: the dispersion of the cylinder's true members, km/s
+PURE_FEATURE = "sigma_v_true_std"
 
 @dataclass(frozen=True)
 class MSigmaFit:
@@ -28,6 +30,7 @@ class MSigmaFit:
     scatter: float
     n: int
     method: str = "scaling"
+    mass_range: tuple[float, float] | None = None  # log10 M200c [Msun/h] of the hosts fitted; None: all
 
     def predict(self, sigma_v: np.ndarray) -> np.ndarray:
         """log10 M200c [Msun/h] for dispersions ``sigma_v`` [km/s]; NaN where sigma_v <= 0."""
@@ -36,17 +39,41 @@ class MSigmaFit:
             return np.where(s > 0, self.intercept + self.slope * np.log10(s / self.pivot), np.nan)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["mass_range"] = None if self.mass_range is None else list(self.mass_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MSigmaFit:
+        rng = data.get("mass_range")
+        return cls(float(data["intercept"]), float(data["slope"]), float(data["pivot"]), float(data["scatter"]),
+                   int(data["n"]), str(data.get("method", "scaling")),
+                   None if rng is None else (float(rng[0]), float(rng[1])))
+
+
+#: fewest observations inside ``mass_range`` to fit there; below it the whole range is fitted (tiny boxes)
+MIN_IN_RANGE = 10
 
 
 def fit_msigma(sigma_v: np.ndarray, log10_m: np.ndarray, *, pivot: float = 500.0,
-               method: str = "scaling") -> MSigmaFit:
-    """Fit the power law on observations with sigma_v > 0 and finite values (see the module docstring)."""
+               method: str = "scaling", mass_range: tuple[float, float] | None = None) -> MSigmaFit:
+    """Fit the power law on observations with sigma_v > 0 and finite values (see the module docstring).
+
+    ``mass_range``: fit only hosts with log10 M200c [Msun/h] in [lo, hi) — Ho et al. (2019) fit 10^14.5-10^15.3
+    (:data:`pipeline.scaling.FIT_RANGE`), where interlopers matter least; with fewer than :data:`MIN_IN_RANGE`
+    such observations the whole range is fitted and the fit records ``mass_range = None``.
+    """
     s = np.asarray(sigma_v, dtype=np.float64)
     m = np.asarray(log10_m, dtype=np.float64)
     if s.shape != m.shape:
         raise ValueError(f"fit_msigma: expected sigma_v and log10_m of equal shape, got {s.shape} and {m.shape}")
     ok = np.isfinite(s) & np.isfinite(m) & (s > 0)
+    if mass_range is not None:
+        inside = ok & (m >= mass_range[0]) & (m < mass_range[1])
+        if inside.sum() >= MIN_IN_RANGE:
+            ok = inside
+        else:
+            mass_range = None
     if ok.sum() < 3:
         raise ValueError(f"fit_msigma: expected at least 3 usable observations, got {int(ok.sum())}")
     if method not in ("scaling", "ols"):
@@ -60,4 +87,5 @@ def fit_msigma(sigma_v: np.ndarray, log10_m: np.ndarray, *, pivot: float = 500.0
             raise ValueError("fit_msigma: sigma_v does not vary with mass in the training set; cannot invert")
         a, b = 14.0 - alpha / beta, 1.0 / beta
     resid = m[ok] - (a + b * x)
-    return MSigmaFit(float(a), float(b), pivot, float(np.sqrt(np.mean(resid**2))), int(ok.sum()), method)
+    return MSigmaFit(float(a), float(b), pivot, float(np.sqrt(np.mean(resid**2))), int(ok.sum()), method,
+                     None if mass_range is None else (float(mass_range[0]), float(mass_range[1])))

@@ -23,9 +23,10 @@ from models.config import TrainSection
 from models.io import load_model, save_model
 from models.model import TARGET, TrainedModel, host_split, train_model
 from models.msigma import FEATURE as MSIGMA_FEATURE
-from models.msigma import MSigmaFit, fit_msigma
+from models.msigma import PURE_FEATURE, MSigmaFit, fit_msigma
 from pipeline.errors import ConfigError, InputError
 from pipeline.files import write_json
+from pipeline.scaling import FIT_RANGE
 
 
 def test_mask(table: pd.DataFrame, section: TrainSection) -> np.ndarray:
@@ -68,22 +69,27 @@ def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLi
                    extra={"test_hosts_seed": section.test_seed, "observations": observations or {}})
         summary["models"][kind] = {"dir": str(out / kind), "best_val_nll": [min(h.val_loss) for h in histories],
                                    "epochs": [len(h.val_loss) for h in histories]}
-    ms = fit_msigma(table.loc[tr, MSIGMA_FEATURE].to_numpy(), y)
-    write_json(out / "msigma.json", {"feature": MSIGMA_FEATURE, "unit": {"sigma_v": "km/s", "M200c": "Msun/h"},
-                                      **ms.to_dict()})
+    ms = fit_msigma(table.loc[tr, MSIGMA_FEATURE].to_numpy(), y, mass_range=FIT_RANGE)
+    document = {"feature": MSIGMA_FEATURE, "unit": {"sigma_v": "km/s", "M200c": "Msun/h"}, **ms.to_dict()}
+    if PURE_FEATURE in table:  # Ho et al. 2019's "pure" baseline: the true members' dispersion (mocks only)
+        pure = fit_msigma(table.loc[tr, PURE_FEATURE].to_numpy(), y, mass_range=FIT_RANGE)
+        document["pure"] = {"feature": PURE_FEATURE, **pure.to_dict()}
+    write_json(out / "msigma.json", document)
     write_json(out / "split.json", {"test_fraction": section.test_fraction, "seed": section.test_seed,
                                      "test_cluster_ids": sorted(set(table.loc[test, "cluster_id"].tolist()))})
     summary["msigma"] = ms.to_dict()
     return summary
 
 
-def load_msigma(path: str | os.PathLike[str]) -> MSigmaFit:
-    """The M-sigma fit a training stage wrote (``msigma.json``)."""
+def load_msigma(path: str | os.PathLike[str], *, pure: bool = False) -> MSigmaFit | None:
+    """The M-sigma fit a training stage wrote (``msigma.json``): the contaminated baseline, or with ``pure`` the fit
+    on true members (None when the file has none)."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
-        return MSigmaFit(float(data["intercept"]), float(data["slope"]), float(data["pivot"]),
-                         float(data["scatter"]), int(data["n"]), str(data.get("method", "scaling")))
+        if pure:
+            return MSigmaFit.from_dict(data["pure"]) if "pure" in data else None
+        return MSigmaFit.from_dict(data)
     except OSError as exc:
         raise InputError(p, f"cannot read the M-sigma fit ({exc.strerror or exc})") from None
     except (ValueError, KeyError, TypeError) as exc:

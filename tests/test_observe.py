@@ -88,6 +88,11 @@ def test_features_are_those_of_the_members(observed):
     assert (observed.table.n_members.to_numpy() == m.counts).all()
     assert (observed.table.n_true_members <= observed.table.n_members).all()
     assert observed.table.n_true_members.sum() == m.is_true_member.sum()
+    # the pure dispersion is the standard deviation of the true members' v_los, per observation
+    row = int(np.argmax(observed.table.n_true_members.to_numpy()))
+    lo, hi = m.offsets[row], m.offsets[row + 1]
+    expected = np.std(m.v_los[lo:hi][m.is_true_member[lo:hi]].astype(np.float64), ddof=1)
+    assert observed.table.sigma_v_true_std.iloc[row] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("regions", [1, 2, 5])

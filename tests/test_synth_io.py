@@ -38,7 +38,7 @@ def test_synth_files_read_back_as_generated(tmp_path, fmt, expected):
     assert meta["box_size"] == 60.0 and meta["cosmology"]["name"] == "mdpl2"
     assert meta["synth"] == json.loads(json.dumps(SMALL.to_dict()))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [result.halos.name, result.galaxies.name, "snapshot.json"]
+        [result.halos.name, result.galaxies.name, "snapshot.json", "realism.json", "realism.png"]
     )
 
 

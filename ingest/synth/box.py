@@ -4,13 +4,17 @@ What is generated (units: masses Msun/h, stellar masses Msun without h, position
 ``[0, box_size)``, radii comoving Mpc/h, velocities physical peculiar km/s):
 
 * distinct haloes (``upid = pid = -1``): M200c from the Tinker+08 mass function (:mod:`.massfunction`),
-  uniform positions in their cell, bulk velocities N(0, 300 km/s) per axis, Duffy+08 concentrations with
-  lognormal scatter, other mass definitions and radii from NFW (:mod:`.nfw`), vrms = sqrt(3) x the host's
-  Evrard+08 dispersion (with its scatter and merger tail, :mod:`.velocity`); a fraction of the small haloes is
-  moved into the infall regions of the massive ones (:mod:`.infall`);
-* satellites: Poisson(<N_sat>(M200c)) of the Zheng+07 HOD (:mod:`.hod`) per distinct halo, NFW radii inside
-  R200c with the host's concentration, isotropic directions, velocities host + N(0, b_v sigma_host) per axis;
-  each lives in a subhalo (``upid = pid = host id``) whose peak mass follows dN/dm ∝ m^-1.9 (:mod:`.subhalos`);
+  positions from a lognormal density field with the linear power spectrum and the Tinker+10 bias of their mass
+  (:mod:`.clustering`; ``clustering = False``: uniform in their cell), bulk velocities N(0, 300 km/s) per axis,
+  Duffy+08 concentrations with lognormal scatter, other mass definitions and radii from NFW (:mod:`.nfw`),
+  vrms = sqrt(3) x the host's Evrard+08 dispersion (with its scatter and merger tail, :mod:`.velocity`); a fraction
+  of the small haloes is moved into the infall regions of the massive ones (:mod:`.infall`);
+* satellites: the surviving subhaloes of each distinct halo, Poisson numbers and peak masses from the subhalo
+  peak-mass function of Jiang & van den Bosch (2016) above the peak mass whose galaxies can pass the stellar-mass
+  cut (:func:`.subhalos.sample_subhalos`) — or, with ``hod`` given, Poisson(<N_sat>(M200c)) of a Zheng+07 HOD
+  (:mod:`.hod`) with peak masses dN/dm ∝ m^-1.9; NFW radii inside Rvir (the radius UniverseMachine counts members
+  in) with the host's concentration, isotropic directions, velocities host + N(0, b_v sigma_host) per axis; each
+  lives in a subhalo (``upid = pid = host id``);
 * galaxies (UniverseMachine semantics): one central per distinct halo (``galaxy_id`` = halo id, ``upid = -1``),
   one satellite per subhalo (``galaxy_id`` = subhalo id, ``upid`` = host id); Moster+13 stellar masses from
   M200c (centrals) or peak M200c (satellites) with lognormal scatter, observed stellar masses with measurement
@@ -36,8 +40,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ingest.schema import GALAXIES, HALOS, Schema
+from ingest.synth.clustering import ClusteringTables, gaussian_field, place
 from ingest.synth.geometry import isotropic_unit_vectors, wrap_positions
-from ingest.synth.hod import HOD_PRESETS, ZHENG07_MR19, Zheng07HOD
+from ingest.synth.hod import HOD_PRESETS, Zheng07HOD
 from ingest.synth.infall import relocate_into_infall
 from ingest.synth.massfunction import MassFunctionTable
 from ingest.synth.nfw import (
@@ -50,9 +55,21 @@ from ingest.synth.nfw import (
     vmax_nfw,
 )
 from ingest.synth.nfw import mu as nfw_mu
-from ingest.synth.smhm import MOSTER13, Moster13, intracluster_light, observe_stellar_mass, sample_stellar_mass
+from ingest.synth.smhm import (
+    MOSTER13_SHAM,
+    Moster13,
+    intracluster_light,
+    observe_stellar_mass,
+    sample_stellar_mass,
+)
 from ingest.synth.starformation import sample_star_formation
-from ingest.synth.subhalos import sample_peak_masses, sample_stripping, stripped_vmax
+from ingest.synth.subhalos import (
+    SUBHALO_NORM,
+    sample_peak_masses,
+    sample_stripping,
+    sample_subhalos,
+    stripped_vmax,
+)
 from ingest.synth.velocity import (
     evrard08_sigma_dm,
     sample_bulk_velocities,
@@ -97,21 +114,28 @@ class SynthConfig:
     scale_factor : a of the snapshot (MDPL2's 0.8951, z = 0.117, by default)
     cosmology : flat Lambda-CDM cosmology (MDPL2 by default)
     log10_mmin, log10_mmax : range of log10 M200c (Msun/h) of the distinct haloes
-    hod : Zheng+07 occupation of satellites (halo mass M200c)
-    smhm : Moster+13 stellar-to-halo relation; ``smhm_scatter_dex`` its lognormal scatter (dex)
+    hod : None (default): satellites are the surviving subhaloes of the Jiang & van den Bosch (2016) peak-mass
+        function with normalisation ``subhalo_norm``, their galaxies' stellar masses from ``smhm`` on the peak mass
+        (subhalo abundance matching); or a Zheng+07 occupation of satellites (halo mass M200c)
+    subhalo_norm : gamma of the subhalo function (:data:`.subhalos.SUBHALO_NORM`)
+    smhm : Moster+13 stellar-to-halo relation (:data:`.smhm.MOSTER13_SHAM`); ``smhm_scatter_dex`` its lognormal
+        scatter (dex)
     obs_sm_scatter_dex : measurement scatter of the observed stellar mass, dex
     concentration_scatter_dex : lognormal scatter of c200c around Duffy+08, dex
-    velocity_bias : satellite velocity bias b_v (satellite dispersion / dark-matter dispersion)
+    velocity_bias : satellite velocity bias b_v (satellite dispersion / dark-matter dispersion); 1 by default: no
+        velocity bias for stellar-mass-selected galaxies (Lau, Nagai & Kravtsov 2010, ApJ 708, 1419)
     sigma_ln_scatter : Evrard+08 scatter in ln sigma_DM at fixed M200c
-    merger_fraction : fraction of hosts whose dispersion is raised by 10^U(0.05, 0.2)
+    merger_fraction : fraction of hosts whose dispersion is raised by 10^U(MERGER_BOOST_DEX) (:mod:`.velocity`)
     bulk_velocity_sigma : 1-D dispersion of distinct-halo bulk velocities, km/s
     min_log10_mstar : galaxies with obs_sm < 10^this Msun are not emitted (None: every galaxy)
     cells_per_side : cells along each axis (None: automatic, <= ~1e6 haloes per cell)
     infall_fraction : fraction of haloes below 10^12.5 Msun/h moved into the infall regions (1-5 R200c) of
         the hosts above 10^13.5 Msun/h of their cell
-    log10_msub_min : lower limit of the subhalo peak-M200c function, log10 Msun/h
+    log10_msub_min : lower limit of the subhalo peak-M200c function, log10 Msun/h (with ``hod = None`` raised to the
+        peak mass below which no galaxy reaches ``min_log10_mstar``: 4 sigma of the stellar-mass scatter)
     subhalo_slope : dN/dm ∝ m^-subhalo_slope for subhalo peak masses
-    subhalo_max_fraction : upper limit of a subhalo's peak M200c, as a fraction of its host's M200c
+    subhalo_max_fraction : upper limit of a subhalo's peak M200c, as a fraction of its host's M200c (HOD only)
+    clustering : place distinct haloes in a biased lognormal field (the two-halo term), or uniformly
     name : label of the snapshot (carried into provenance)
     """
 
@@ -121,21 +145,23 @@ class SynthConfig:
     cosmology: Cosmology = MDPL2
     log10_mmin: float = 11.0
     log10_mmax: float = 16.0
-    hod: Zheng07HOD = ZHENG07_MR19
-    smhm: Moster13 = MOSTER13
+    hod: Zheng07HOD | None = None
+    subhalo_norm: float = SUBHALO_NORM
+    smhm: Moster13 = MOSTER13_SHAM
     smhm_scatter_dex: float = 0.15
     obs_sm_scatter_dex: float = 0.1
     concentration_scatter_dex: float = 0.15
-    velocity_bias: float = 1.05
+    velocity_bias: float = 1.0
     sigma_ln_scatter: float = 0.043
     merger_fraction: float = 0.1
     bulk_velocity_sigma: float = 300.0
     min_log10_mstar: float | None = 9.5
     cells_per_side: int | None = None
     infall_fraction: float = 0.05
-    log10_msub_min: float = 11.0
+    log10_msub_min: float = 10.5
     subhalo_slope: float = 1.9
     subhalo_max_fraction: float = 0.1
+    clustering: bool = True
     name: str = field(default="synthetic")
 
     def __post_init__(self) -> None:
@@ -150,8 +176,8 @@ class SynthConfig:
             raise bad("scale_factor", "must be in (0, 1]")
         if not isinstance(self.cosmology, Cosmology):
             raise bad("cosmology", "must be a pipeline.cosmology.Cosmology")
-        if not isinstance(self.hod, Zheng07HOD):
-            raise bad("hod", "must be a Zheng07HOD")
+        if self.hod is not None and not isinstance(self.hod, Zheng07HOD):
+            raise bad("hod", "must be None or a Zheng07HOD")
         if not isinstance(self.smhm, Moster13):
             raise bad("smhm", "must be a Moster13")
         ranges = {
@@ -161,6 +187,7 @@ class SynthConfig:
             "obs_sm_scatter_dex": (0.0, 1.0),
             "concentration_scatter_dex": (0.0, 0.5),
             "velocity_bias": (0.1, 3.0),
+            "subhalo_norm": (0.0, 1.0),
             "sigma_ln_scatter": (0.0, 1.0),
             "merger_fraction": (0.0, 1.0),
             "bulk_velocity_sigma": (0.0, 3000.0),
@@ -185,6 +212,8 @@ class SynthConfig:
             and 1 <= self.cells_per_side <= 1024
         ):
             raise bad("cells_per_side", "must be None or an integer in [1, 1024]")
+        if not isinstance(self.clustering, bool):
+            raise bad("clustering", "must be true or false")
         if not isinstance(self.name, str):
             raise bad("name", "must be a string")
         # normalise numbers (ints given for floats, numpy scalars) so equal configs compare and hash equal
@@ -204,7 +233,7 @@ class SynthConfig:
         """JSON-friendly description (cosmology, HOD and SMHM as tables); :meth:`from_dict` inverts it."""
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["cosmology"] = self.cosmology.to_dict()
-        out["hod"] = self.hod.to_dict()
+        out["hod"] = None if self.hod is None else self.hod.to_dict()
         out["smhm"] = asdict(self.smhm)
         return out
 
@@ -264,11 +293,17 @@ class SynthTables:
     mass_function: MassFunctionTable
     conversion: MassConversion
     cells_per_side: int
+    clustering: ClusteringTables | None = None
 
 
 @lru_cache(maxsize=16)
 def _mass_function(cosmology: Cosmology, redshift: float, lo: float, hi: float) -> MassFunctionTable:
     return MassFunctionTable.build(cosmology, redshift, lo, hi)
+
+
+@lru_cache(maxsize=16)
+def _clustering(cosmology: Cosmology, redshift: float) -> ClusteringTables:
+    return ClusteringTables.build(cosmology, redshift)
 
 
 @lru_cache(maxsize=16)
@@ -284,7 +319,8 @@ def build_tables(config: SynthConfig) -> SynthTables:
     else:
         expected = mf.n_total * float(config.box_size) ** 3
         n_side = max(1, math.ceil((expected / TARGET_HALOS_PER_CELL) ** (1.0 / 3.0) - 1e-9))
-    return SynthTables(mf, _conversion(config.cosmology, config.redshift), n_side)
+    clustering = _clustering(config.cosmology, config.redshift) if config.clustering else None
+    return SynthTables(mf, _conversion(config.cosmology, config.redshift), n_side, clustering)
 
 
 def cell_count(config: SynthConfig) -> int:
@@ -305,6 +341,19 @@ def _columns(schema: Schema, values: Mapping[str, np.ndarray]) -> dict[str, np.n
     return {c: np.ascontiguousarray(values[c], dtype=schema[c].numpy_dtype) for c in schema.names}
 
 
+def subhalo_min_mass(config: SynthConfig) -> float:
+    """Lightest subhalo peak M200c (Msun/h) drawn: 10^log10_msub_min, raised to where the median galaxy is 4 sigma
+    (intrinsic and measurement scatter) below ``min_log10_mstar``, so no galaxy that could pass the cut is missed."""
+    floor = 10.0**config.log10_msub_min
+    if config.min_log10_mstar is None:
+        return floor
+    sigma = math.hypot(config.smhm_scatter_dex, config.obs_sm_scatter_dex)
+    grid = np.logspace(8.0, 16.0, 801)
+    logms = np.log10(config.smhm.mean_stellar_mass(grid, config.cosmology.h, config.redshift))
+    reach = float(np.interp(config.min_log10_mstar - 4.0 * sigma, logms, np.log10(grid)))
+    return max(floor, 10.0**reach)
+
+
 def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = None) -> Cell:
     """Generate cell ``index`` (0 <= index < :func:`cell_count`) of the box; pure function of (config, index)."""
     tables = build_tables(config) if tables is None else tables
@@ -320,7 +369,11 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
     # ---- distinct haloes ------------------------------------------------------------------------------
     m200c = tables.mass_function.sample(rng, side**3)
     n = len(m200c)
-    pos = origin + side * rng.random((n, 3))
+    if tables.clustering is None:
+        pos = origin + side * rng.random((n, 3))
+    else:
+        field = gaussian_field(rng, tables.clustering, side)
+        pos = origin + place(rng, tables.clustering.halo_bias(m200c), field, side)
     vel = sample_bulk_velocities(rng, n, config.bulk_velocity_sigma)
     conc = sample_concentration(rng, m200c, z, config.concentration_scatter_dex)
     sigma = sample_host_dispersion(
@@ -334,18 +387,22 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
     vmax = VMAX_FACTOR * v200 * np.sqrt(conc / nfw_mu(conc))
 
     # ---- satellites and their subhaloes ---------------------------------------------------------------
-    nsat = rng.poisson(config.hod.mean_nsat(m200c))
-    host = np.repeat(np.arange(n), nsat)
+    if config.hod is None:
+        host, sub_m200c_peak = sample_subhalos(rng, m200c, subhalo_min_mass(config), config.subhalo_norm)
+    else:
+        host = np.repeat(np.arange(n), rng.poisson(config.hod.mean_nsat(m200c)))
+        sub_m200c_peak = sample_peak_masses(
+            rng, m200c[host], 10.0**config.log10_msub_min, config.subhalo_slope, config.subhalo_max_fraction
+        )
     ns = len(host)
     if n + ns >= ID_STRIDE:
         raise ConfigError(f"synth: cell {index} holds {n + ns} haloes, more than ids allow; use more cells")
-    x_sat = sample_radius(rng, conc[host])
-    dist = x_sat * r200c[host]
+    rvir = radius_from_mass(mvir, conv.deltas["vir"], cosmo, z)
+    c_vir = conc * rvir / r200c  # the NFW profile continued to Rvir: r_s = R200c / c200c = Rvir / c_vir
+    dist = sample_radius(rng, c_vir[host]) * rvir[host]
+    x_sat = dist / r200c[host]
     sat_pos = pos[host] + dist[:, None] * isotropic_unit_vectors(rng, ns)
     sat_vel = sample_satellite_velocities(rng, vel[host], sigma[host], config.velocity_bias)
-    sub_m200c_peak = sample_peak_masses(
-        rng, m200c[host], 10.0**config.log10_msub_min, config.subhalo_slope, config.subhalo_max_fraction
-    )
     sub_conc = sample_concentration(rng, sub_m200c_peak, z, config.concentration_scatter_dex)
     kept = sample_stripping(rng, x_sat)
     sub_mpeak = conv.mass(sub_m200c_peak, sub_conc, "vir")

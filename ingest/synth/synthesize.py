@@ -1,7 +1,8 @@
 """Writing a synthetic MultiDark-style box to disk, cell by cell, in the real catalog formats.
 
-``DIR/halos.<ext>`` (Rockstar columns), ``DIR/galaxies.<ext>`` (UniverseMachine columns) and ``DIR/snapshot.json``
-(box size, scale factor, cosmology, the generator's configuration). Cells are generated independently (in worker
+``DIR/halos.<ext>`` (Rockstar columns), ``DIR/galaxies.<ext>`` (UniverseMachine columns), ``DIR/snapshot.json``
+(box size, scale factor, cosmology, the generator's configuration) and ``DIR/realism.json`` + ``DIR/realism.png``
+(the box's statistics beside published ones). Cells are generated independently (in worker
 processes when ``workers > 1``) and appended in order, so the output is identical for any number of workers and
 memory holds a few cells at most. Files appear under their final names only when complete.
 """
@@ -19,8 +20,15 @@ from pathlib import Path
 from ingest.schema import GALAXIES, HALOS
 from ingest.source import write_sidecar
 from ingest.synth.box import Cell, SynthConfig, cell_count, generate_cell
+from ingest.synth.realism import RealismAccumulator
+from ingest.synth.realism_plot import plot_realism
 from ingest.writers import EXTENSIONS, CatalogWriter
 from pipeline.errors import ConfigError
+from pipeline.files import write_json
+
+#: the realism report written beside every box (:mod:`ingest.synth.realism`), and its plot page
+REALISM_JSON = "realism.json"
+REALISM_PNG = "realism.png"
 
 DEFAULT_FORMAT = "hdf5"
 #: ``--format`` choices: (halo format, galaxy format)
@@ -77,6 +85,7 @@ def synthesize(
     snap = config.snapshot
     total = cell_count(config)
     n_halos = n_galaxies = 0
+    realism = RealismAccumulator(config.box_size, config.redshift, config.cosmology)
     with (
         CatalogWriter(halo_path, HALOS, hfmt, snap) as halos,
         CatalogWriter(galaxy_path, GALAXIES, gfmt, snap) as galaxies,
@@ -84,12 +93,16 @@ def synthesize(
         for done, cell in enumerate(_cells(config, workers), start=1):
             halos.append(cell.halos)
             galaxies.append(cell.galaxies)
+            realism.add(cell.halos, cell.galaxies)
             n_halos += len(cell.halos["halo_id"])
             n_galaxies += len(cell.galaxies["galaxy_id"])
             if progress is not None:
                 progress(done, total)
         halos.commit()
         galaxies.commit()
+    report = realism.report()
+    write_json(out / REALISM_JSON, report, indent=1)
+    plot_realism(report, out / REALISM_PNG)
     meta = write_sidecar(
         out,
         snap,
