@@ -119,7 +119,7 @@ def _read(
         sidecar_hints(path),
         PartialSnapshot.of(snapshot, CONFIG_SOURCE) if snapshot is not None else None,
     )
-    wanted = select_columns(schema, source.available, columns)
+    wanted = select_columns(schema, source.available, columns, path=str(path))
     factors = {
         c: conversion_factor(source.file_units.get(c), schema[c].unit, path=path, column=source.available[c])
         for c in source.available

@@ -5,7 +5,8 @@ Every reader returns these canonical names, in these units, whatever the file ca
 * halos (Rockstar semantics): masses Msun/h, positions comoving Mpc/h, radii comoving Mpc/h
   (Rockstar writes Rvir and Rs in kpc/h; :mod:`ingest.units` converts), velocities physical peculiar km/s.
 * galaxies (UniverseMachine semantics): positions comoving Mpc/h, velocities km/s, halo masses Msun/h,
-  stellar masses and star formation **without** h (Msun, Msun/yr), UV magnitudes in mag.
+  stellar masses and star formation **without** h (Msun, Msun/yr), UV magnitudes in mag, optical absolute
+  magnitudes (``mag_r``) and colours (``g_r``) in AB mag, not h-scaled (for the h of the cosmology).
 """
 
 from __future__ import annotations
@@ -174,6 +175,12 @@ GALAXIES = Schema(
            aliases=("obs_sm",), kind="mass"),
         _c("obs_sfr", "f4", "Msun/yr", "observed star formation rate", aliases=("obs_sfr",), kind="any"),
         _c("obs_uv", "f4", "mag", "observed UV magnitude", aliases=("obs_uv",), kind="any"),
+        _c("mag_r", "f4", "mag",
+           "rest-frame SDSS r-band absolute magnitude, AB; plain M_r for the h of the cosmology, NOT h-scaled "
+           "(M_r - 5 log10 h = mag_r + 5 log10 h); not in UniverseMachine files",
+           aliases=("mag_r", "M_r"), kind="any"),
+        _c("g_r", "f4", "mag", "rest-frame SDSS g-r colour, AB; not in UniverseMachine files", aliases=("g_r",),
+           kind="any"),
     ),
     id_column="galaxy_id",
 )
@@ -189,9 +196,23 @@ def empty_frame_meta(schema: Schema, columns: Sequence[str]):
     return pd.DataFrame({c: np.empty(0, dtype=schema[c].numpy_dtype) for c in columns})
 
 
-def select_columns(schema: Schema, available: Mapping[str, str], wanted: Iterable[str] | None) -> list[str]:
-    """The canonical columns to load: ``wanted`` (plus the required ones), else every one available."""
+def select_columns(
+    schema: Schema, available: Mapping[str, str], wanted: Iterable[str] | None, *, path: str | None = None
+) -> list[str]:
+    """The canonical columns to load: ``wanted`` (plus the required ones), else every one available.
+
+    Raises :class:`InputError` (naming ``path`` where given) for a wanted column that is not canonical or that the
+    file does not have (e.g. ``mag_r`` of a UniverseMachine binary file, whose records have no room for it).
+    """
     if wanted is None:
         return [c for c in schema.names if c in available]
     cols = list(dict.fromkeys([*schema.required, *wanted]))
+    for name in cols:
+        if name not in schema.names:
+            raise InputError(path, f"unknown {schema.name} column requested; canonical columns are {schema.names}",
+                             column=name)
+        if name not in available:
+            have = [c for c in schema.names if c in available]
+            raise InputError(path, f"{schema.name} column requested but not in this file ({schema[name].description}); "
+                             f"the file has {have}", column=name)
     return [c for c in schema.names if c in cols]

@@ -4,6 +4,8 @@ Layout (UniverseMachine DR1 loader): id, descid, upid (int64); flags (int32); up
 pos[6] (float32: x, y, z comoving Mpc/h; vx, vy, vz km/s); vmp, lvmp, mp, m, v, r, rank1, rank2, ra, rarank,
 A_UV, sm, icl, sfr, obs_sm, obs_sfr, obs_uv, and one float32 of padding. Stellar masses in Msun (no h);
 halo masses in Msun/h; r in comoving kpc/h. The scale factor is in the file name; nothing else is.
+Canonical galaxy columns without a field here (the optical photometry ``mag_r``, ``g_r``) are not carried by the
+binary nor by the ASCII form (:data:`UM_ASCII_COLUMNS`): writers drop them, readers do not return them.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ A writer is opened on its final path, appends column chunks (canonical names and
 Closed without a commit (an exception, a kill) it leaves no file under the final name.
 
 Formats: halos as ``hlist`` (Rockstar ASCII), ``csv`` (CosmoSim) or ``hdf5``; galaxies as ``um-binary``
-(``sfr_catalog`` packed records), ``um-ascii`` or ``hdf5``.
+(``sfr_catalog`` packed records), ``um-ascii`` or ``hdf5``. Each format writes the canonical columns it has a
+place for and ignores the others: HDF5 every schema column, the UniverseMachine formats the struct's fields
+(:data:`ingest.universemachine.UM_FIELDS`; so not ``mag_r`` and ``g_r``), hlist/CSV Rockstar's columns.
 """
 
 from __future__ import annotations

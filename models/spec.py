@@ -61,7 +61,11 @@ class ModelSpec:
 class TrainSpec:
     """Optimisation.
 
-    optimizer : ``adamw`` or ``adam``; learning_rate with a cosine decay to ``final_lr_fraction`` over max_epochs
+    optimizer : ``adamw`` or ``adam``
+    schedule : ``"plateau"`` (default): learning_rate until the validation loss stops improving for
+        ``plateau_patience`` epochs, then the best weights are restored and the rate multiplied by ``plateau_factor``,
+        down to ``final_lr_fraction`` x learning_rate, after which training stops at the next plateau; ``"cosine"``:
+        a cosine decay to ``final_lr_fraction`` over max_epochs (only sensible when training runs that long)
     batch_size : examples per step; max_epochs, patience : early stopping on validation NLL (best weights kept)
     validation_fraction : fraction of hosts (not observations) held out for early stopping
     ensemble : deep-ensemble members (different seeds and data orders); mc_samples : dropout passes at prediction
@@ -71,6 +75,9 @@ class TrainSpec:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     final_lr_fraction: float = 0.02
+    schedule: str = "plateau"
+    plateau_patience: int = 6
+    plateau_factor: float = 0.3
     batch_size: int = 1024
     max_epochs: int = 300
     patience: int = 25
@@ -81,6 +88,10 @@ class TrainSpec:
     grad_clip: float = 5.0
 
     def __post_init__(self) -> None:
+        if self.schedule not in ("plateau", "cosine"):
+            raise ConfigError(f"training: schedule must be 'plateau' or 'cosine', got '{self.schedule}'")
+        if self.plateau_patience < 1 or not 0.0 < self.plateau_factor < 1.0:
+            raise ConfigError("training: plateau_patience >= 1 and plateau_factor in (0, 1) are required")
         if self.optimizer not in ("adamw", "adam"):
             raise ConfigError(f"training: optimizer must be 'adamw' or 'adam', got '{self.optimizer}'")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1 or self.ensemble < 1:

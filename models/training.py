@@ -30,15 +30,30 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(train: TrainSpec, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Gradient clipping + Adam(W) with a cosine learning-rate decay over ``max_epochs``."""
-    schedule = optax.cosine_decay_schedule(
-        train.learning_rate, decay_steps=max(1, train.max_epochs * steps_per_epoch), alpha=train.final_lr_fraction
-    )
+    """Gradient clipping + Adam(W). ``schedule = "cosine"``: a cosine learning-rate decay over ``max_epochs``;
+    ``"plateau"``: the rate is a hyperparameter in the optimizer state, set between epochs (:func:`set_learning_rate`).
+    """
+    if train.schedule == "cosine":
+        rate: Any = optax.cosine_decay_schedule(
+            train.learning_rate, decay_steps=max(1, train.max_epochs * steps_per_epoch), alpha=train.final_lr_fraction
+        )
+        if train.optimizer == "adamw":
+            return optax.chain(optax.clip_by_global_norm(train.grad_clip),
+                               optax.adamw(rate, weight_decay=train.weight_decay))
+        return optax.chain(optax.clip_by_global_norm(train.grad_clip), optax.adam(rate))
     if train.optimizer == "adamw":
-        opt = optax.adamw(schedule, weight_decay=train.weight_decay)
+        opt = optax.inject_hyperparams(optax.adamw)(learning_rate=train.learning_rate, weight_decay=train.weight_decay)
     else:
-        opt = optax.adam(schedule)
+        opt = optax.inject_hyperparams(optax.adam)(learning_rate=train.learning_rate)
     return optax.chain(optax.clip_by_global_norm(train.grad_clip), opt)
+
+
+def set_learning_rate(opt_state: Any, rate: float) -> Any:
+    """The optimizer state of :func:`make_optimizer` (plateau schedule) with its learning rate set to ``rate``."""
+    clip_state, inner = opt_state
+    hyper = dict(inner.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(rate, dtype=jnp.asarray(hyper["learning_rate"]).dtype)
+    return (clip_state, inner._replace(hyperparams=hyper))
 
 
 def loss_fn(spec: ModelSpec, params: Any, x: jax.Array, y: jax.Array, key: jax.Array | None) -> jax.Array:
@@ -111,6 +126,8 @@ def fit(
     params = init_params(spec, x.shape[1], init_key)
     state = TrainState(params, opt.init(params))
     best_params, best_val, best_epoch, waited = params, np.inf, -1, 0
+    rate, plateau = train.learning_rate, 0
+    floor = train.learning_rate * train.final_lr_fraction
     train_hist: list[float] = []
     val_hist: list[float] = []
     for epoch in range(train.max_epochs):
@@ -122,10 +139,16 @@ def fit(
         if progress is not None:
             progress(epoch, float(tr), val)
         if np.isfinite(val) and val < best_val - 1e-5:
-            best_params, best_val, best_epoch, waited = state.params, val, epoch, 0
-        else:
-            waited += 1
-            if waited >= train.patience:
-                break
+            best_params, best_val, best_epoch, waited, plateau = state.params, val, epoch, 0, 0
+            continue
+        waited += 1
+        plateau += 1
+        if waited >= train.patience:
+            break
+        if train.schedule == "plateau" and plateau >= train.plateau_patience:
+            if rate <= floor * (1 + 1e-6):
+                break  # a plateau at the smallest rate: converged
+            rate, plateau = max(rate * train.plateau_factor, floor), 0
+            state = TrainState(best_params, set_learning_rate(state.opt_state, rate))
     history = History(tuple(train_hist), tuple(val_hist), best_epoch, time.perf_counter() - start)
     return best_params, history

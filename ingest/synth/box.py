@@ -18,7 +18,9 @@ What is generated (units: masses Msun/h, stellar masses Msun without h, position
 * galaxies (UniverseMachine semantics): one central per distinct halo (``galaxy_id`` = halo id, ``upid = -1``),
   one satellite per subhalo (``galaxy_id`` = subhalo id, ``upid`` = host id); Moster+13 stellar masses from
   M200c (centrals) or peak M200c (satellites) with lognormal scatter, observed stellar masses with measurement
-  scatter (:mod:`.smhm`), star formation from :mod:`.starformation`. Only galaxies with
+  scatter (:mod:`.smhm`), star formation from :mod:`.starformation`, rest-frame g-r colours (red sequence if
+  quenched, blue cloud if not) and SDSS r-band absolute magnitudes from the true stellar mass through a colour-based
+  mass-to-light ratio (:mod:`.photometry`). Only galaxies with
   ``obs_sm >= 10**min_log10_mstar`` are emitted.
 
 The box is cut into ``cells_per_side**3`` cubes; cell ``i`` is generated from its own random stream
@@ -55,6 +57,7 @@ from ingest.synth.nfw import (
     vmax_nfw,
 )
 from ingest.synth.nfw import mu as nfw_mu
+from ingest.synth.photometry import sample_photometry
 from ingest.synth.smhm import (
     MOSTER13_SHAM,
     Moster13,
@@ -62,7 +65,7 @@ from ingest.synth.smhm import (
     observe_stellar_mass,
     sample_stellar_mass,
 )
-from ingest.synth.starformation import sample_star_formation
+from ingest.synth.starformation import sample_star_formation_state
 from ingest.synth.subhalos import (
     SUBHALO_NORM,
     sample_peak_masses,
@@ -469,7 +472,9 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
     host_m200c = np.concatenate((m200c, m200c[host]))[keep]
     vmp = np.concatenate((vmax * (mpeak / mvir) ** (1.0 / 3.0), sub_vmp))[keep]
     sm, obs_sm = sm[keep], obs_sm[keep]
-    sf = sample_star_formation(rng, sm, is_sat, host_m200c, cosmo, z)
+    sf, quenched = sample_star_formation_state(rng, sm, is_sat, host_m200c, cosmo, z)
+    # drawn after everything else, so adding photometry changed nothing else in the box
+    phot = sample_photometry(rng, sm, quenched)
     galaxies = _columns(
         GALAXIES,
         {
@@ -494,6 +499,7 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
             "icl": intracluster_light(sm, host_m200c, ~is_sat),
             "obs_sm": obs_sm,
             **sf,
+            **phot,
         },
     )
     return Cell(index, halos, galaxies)

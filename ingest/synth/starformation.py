@@ -66,11 +66,23 @@ def sample_star_formation(
     cosmology: Cosmology,
     redshift: float,
 ) -> dict[str, np.ndarray]:
-    """SFR and companions for galaxies of stellar mass ``sm`` (Msun).
+    """SFR and companions for galaxies of stellar mass ``sm`` (Msun) (see :func:`sample_star_formation_state`)."""
+    return sample_star_formation_state(rng, sm, is_satellite, host_m200c, cosmology, redshift)[0]
+
+
+def sample_star_formation_state(
+    rng: np.random.Generator,
+    sm: np.ndarray,
+    is_satellite: np.ndarray,
+    host_m200c: np.ndarray,
+    cosmology: Cosmology,
+    redshift: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """SFR and companions for galaxies of stellar mass ``sm`` (Msun), and which galaxies are quenched.
 
     ``host_m200c`` (Msun/h) is the M200c of the distinct host (of the halo itself for centrals).
     Returns float64 arrays keyed by the UniverseMachine names: sfr, obs_sfr, a_uv, obs_uv, ra, rarank,
-    rank1, rank2.
+    rank1, rank2; and the boolean quenched flag (red sequence for :mod:`.photometry`).
     """
     n = len(sm)
     log_sm = np.log10(sm)
@@ -89,7 +101,7 @@ def sample_star_formation(
         np.clip(0.2 + 0.1 * dust_noise, 0.0, 4.5),
         np.clip(1.0 + 0.7 * (log_sm - 10.0) + 0.3 * dust_noise, 0.0, 4.5),
     )
-    return {
+    columns = {
         "sfr": sfr,
         "obs_sfr": obs_sfr,
         "a_uv": a_uv,
@@ -99,3 +111,4 @@ def sample_star_formation(
         "rank1": rng.standard_normal(n),
         "rank2": rng.standard_normal(n),
     }
+    return columns, quenched
