@@ -72,7 +72,7 @@ def posterior_block(log_q: jax.Array, log_ratio: jax.Array, grid: jax.Array) -> 
     """Corrected and uncorrected posteriors of a block and their summaries.
 
     ``log_q``: (B, G) network log densities; ``log_ratio``: (G,) from :func:`log_prior_ratio`.
-    Returns ``pdf`` (B, G) corrected, the corrected summaries (:data:`SUMMARY_NAMES`) and ``uncorrected_mode``,
+    Returns ``pdf`` (B, G) corrected, ``raw_pdf`` (B, G) uncorrected, the corrected summaries (:data:`SUMMARY_NAMES`) and ``uncorrected_mode``,
     ``uncorrected_mean``.
     """
     pdf = normalise(log_q + log_ratio[None, :], grid)
@@ -82,6 +82,7 @@ def posterior_block(log_q: jax.Array, log_ratio: jax.Array, grid: jax.Array) -> 
     raw_mean, _ = summaries.mean_std(grid, raw)
     return {
         "pdf": pdf,
+        "raw_pdf": raw,
         "mode": summaries.mode(grid, pdf),
         "median": q[:, 2],
         "mean": mean,
@@ -97,36 +98,52 @@ def posterior_block(log_q: jax.Array, log_ratio: jax.Array, grid: jax.Array) -> 
 
 @dataclass(frozen=True)
 class PosteriorBlock:
-    """Rows ``start:start + len`` of the posteriors: ``pdf`` (b, G) and summaries (b,), numpy float32."""
+    """Rows ``start:start + len`` of the posteriors: ``pdf`` (b, G) and summaries (b,), numpy float32; ``raw_pdf``
+    (b, G), the uncorrected posterior, when asked for."""
 
     start: int
     pdf: np.ndarray
     values: dict[str, np.ndarray]
+    raw_pdf: np.ndarray | None = None
 
 
 def iter_posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,
-                    chunk: int = 1024) -> Iterator[PosteriorBlock]:
-    """Posteriors of raw feature rows ``x`` (N, F) under ``prior``, block by block (memory: one block)."""
+                    chunk: int = 1024, with_raw: bool = False) -> Iterator[PosteriorBlock]:
+    """Posteriors of raw feature rows ``x`` (N, F) under ``prior``, block by block (memory: one block).
+
+    The network runs once per row; with ``with_raw`` each block also carries the uncorrected posterior.
+    """
     ratio = jnp.asarray(log_prior_ratio(p_train_on(model, grid), prior), dtype=jnp.float32)
     g = jnp.asarray(grid, dtype=jnp.float32)
     for start in range(0, len(x), chunk):
         xb = x[start:start + chunk]
         log_q = log_prob_grid(model, xb, grid, chunk=chunk)
         out = posterior_block(jnp.asarray(log_q), ratio, g)
-        values = {k: np.asarray(v, dtype=np.float32) for k, v in out.items() if k != "pdf"}
-        yield PosteriorBlock(start, np.asarray(out["pdf"], dtype=np.float32), values)
+        values = {k: np.asarray(v, dtype=np.float32) for k, v in out.items() if k not in ("pdf", "raw_pdf")}
+        raw = np.asarray(out["raw_pdf"], dtype=np.float32) if with_raw else None
+        yield PosteriorBlock(start, np.asarray(out["pdf"], dtype=np.float32), values, raw)
 
 
 def posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,
                chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """All posteriors in memory: pdf (N, G) and summaries (N,) — for modest N; use :func:`iter_posteriors` else."""
-    pdfs, vals = [], []
-    for block in iter_posteriors(model, x, grid, prior, chunk=chunk):
+    pdf, values, _ = posteriors_with_raw(model, x, grid, prior, chunk=chunk)
+    return pdf, values
+
+
+def posteriors_with_raw(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,
+                        chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """:func:`posteriors` and the uncorrected pdf (N, G), from one pass of the network."""
+    pdfs, vals, raws = [], [], []
+    for block in iter_posteriors(model, x, grid, prior, chunk=chunk, with_raw=True):
         pdfs.append(block.pdf)
         vals.append(block.values)
+        raws.append(block.raw_pdf)
     if not pdfs:
-        return np.empty((0, len(grid)), np.float32), {}
-    return np.concatenate(pdfs), {k: np.concatenate([v[k] for v in vals]) for k in vals[0]}
+        empty = np.empty((0, len(grid)), np.float32)
+        return empty, {}, empty
+    return (np.concatenate(pdfs), {k: np.concatenate([v[k] for v in vals]) for k in vals[0]},
+            np.concatenate(raws))
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,11 @@ class PosteriorSetup:
     def blocks(self, x: np.ndarray, *, chunk: int = 1024) -> Iterator[PosteriorBlock]:
         """Posteriors of raw feature rows ``x`` (N, F), block by block (see :func:`iter_posteriors`)."""
         return iter_posteriors(self.model, x, self.grid, self.target, chunk=chunk)
+
+    def evaluate_with_raw(self, x: np.ndarray, *, chunk: int = 1024
+                          ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """:meth:`evaluate` and the uncorrected pdf (N, G), from one pass of the network."""
+        return posteriors_with_raw(self.model, x, self.grid, self.target, chunk=chunk)
 
     def evaluate(self, x: np.ndarray, *, chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """All posteriors of ``x`` in memory: pdf (N, G) and summaries (N,) (see :func:`posteriors`)."""

@@ -51,8 +51,7 @@ def density_posteriors(model: TrainedModel, x: np.ndarray, prior: str, snapshot:
                        ) -> DensityPosteriors:
     """Corrected (to ``prior``) and uncorrected posteriors of feature rows ``x`` (N, F) under ``model``."""
     setup = prepare(model, prior, snapshot=snapshot)
-    pdf, values = setup.evaluate(x)
-    raw_pdf, _ = prepare(model, "training", snapshot=None).evaluate(x)
+    pdf, values, raw_pdf = setup.evaluate_with_raw(x)
     return DensityPosteriors(setup.grid, pdf, values, raw_pdf, setup.target.log_density, setup.p_train,
                              setup.target.name)
 

@@ -76,11 +76,11 @@ class TrainSpec:
     weight_decay: float = 1e-4
     final_lr_fraction: float = 0.02
     schedule: str = "plateau"
-    plateau_patience: int = 6
+    plateau_patience: int = 4
     plateau_factor: float = 0.3
     batch_size: int = 1024
     max_epochs: int = 300
-    patience: int = 25
+    patience: int = 15
     validation_fraction: float = 0.2
     ensemble: int = 3
     mc_samples: int = 1
