@@ -72,8 +72,8 @@ def posterior_block(log_q: jax.Array, log_ratio: jax.Array, grid: jax.Array) -> 
     """Corrected and uncorrected posteriors of a block and their summaries.
 
     ``log_q``: (B, G) network log densities; ``log_ratio``: (G,) from :func:`log_prior_ratio`.
-    Returns ``pdf`` (B, G) corrected, ``raw_pdf`` (B, G) uncorrected, the corrected summaries (:data:`SUMMARY_NAMES`) and ``uncorrected_mode``,
-    ``uncorrected_mean``.
+    Returns ``pdf`` (B, G) corrected, ``raw_pdf`` (B, G) uncorrected, the corrected summaries
+    (:data:`SUMMARY_NAMES`) and ``uncorrected_mode``, ``uncorrected_mean``.
     """
     pdf = normalise(log_q + log_ratio[None, :], grid)
     raw = normalise(log_q, grid)
