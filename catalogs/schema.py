@@ -103,6 +103,14 @@ COLUMNS: tuple[CatalogColumn, ...] = (
     CatalogColumn(
         "log10_m200c_true", "float32", LOG_MASS_UNIT, "true log10 M200c [Msun/h] (mocks only)", required=False
     ),
+    CatalogColumn("ood_score", "float32", "", "typicality of the features against the training set, 0-1 "
+                  "(inference.diagnostics)", required=False),
+    CatalogColumn("edge_mass", "float32", "", "posterior probability within 0.05 dex of either grid edge",
+                  required=False),
+    CatalogColumn("flags", "int32", "", "diagnostic bits: 1 out of distribution, 2 grid edge, 4 few members, "
+                  "8 redshift, 16 richness extrapolated", required=False),
+    CatalogColumn("model_inputs", "int16", "", "which model answered: 1 dynamics only, 2 + richness, "
+                  "3 + stellar masses", required=False),
 )
 
 #: The shared grid (a dataset in HDF5, the extension GRID in FITS).

@@ -16,7 +16,10 @@ import pandas as pd
 
 from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
+from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, feature_set_of
+from inference.diagnostics import edge_mass, flag_bits, ood_score
 from inference.posterior import SUMMARY_COLUMNS, prepare, summary_columns
+from models.io import MODEL_JSON
 from models.model import TARGET, TrainedModel
 from models.stage import load_models
 from pipeline.errors import InputError
@@ -65,24 +68,53 @@ def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: s
     if missing:
         raise InputError(model_dir / main, f"the observations lack the model's features {missing}")
     setup = prepare(model, prior, snapshot=snapshot)
+    description = json.loads((model_dir / main / MODEL_JSON).read_text())
+    feature_set = description.get("feature_set") or feature_set_of(model.feature_names)
     provenance = provenance_for(model_dir, main, models, setup.target.name, snapshot, rows, config_digest)
+    provenance["model_inputs"] = f"{feature_set}: {INPUTS[feature_set]}"
     x = table[list(model.feature_names)].to_numpy()
+    diagnose = Diagnostics(description, CODES[feature_set], feature_set in NEEDS_COMPLETE_SAMPLE)
     probe = catalog_columns(table.iloc[:1], {k: np.zeros(1, np.float32) for k in SUMMARY_COLUMNS},
-                            np.zeros((1, len(setup.grid)), np.float32))
+                            np.zeros((1, len(setup.grid)), np.float32),
+                            diagnose(x[:1], setup.grid, np.ones((1, len(setup.grid))), table.iloc[:1]))
     names = list(probe)
     paths = [out / "catalog.h5", out / "catalog.fits"]
     with HDF5CatalogWriter(paths[0], len(table), setup.grid, names, provenance) as h5, \
             FITSCatalogWriter(paths[1], len(table), setup.grid, names, provenance) as fits:
         for block in setup.blocks(x, chunk=chunk):
             part = table.iloc[block.start:block.start + len(block.pdf)]
-            cols = catalog_columns(part, block.values, block.pdf)
+            xb = x[block.start:block.start + len(block.pdf)]
+            cols = catalog_columns(part, block.values, block.pdf, diagnose(xb, setup.grid, block.pdf, part))
             h5.append(cols)
             fits.append(cols)
     return paths
 
 
-def catalog_columns(rows: pd.DataFrame, values: dict[str, np.ndarray], pdf: np.ndarray) -> dict[str, np.ndarray]:
-    """The catalog columns of feature-table ``rows`` with their posterior summaries ``values`` and ``pdf`` (N, G)."""
+class Diagnostics:
+    """The diagnostic columns of catalog rows (:mod:`inference.diagnostics`) under one model's description."""
+
+    def __init__(self, description: dict[str, Any], code: int, uses_richness: bool) -> None:
+        self.stats = description.get("typicality")
+        self.members = description.get("training_members")
+        self.code = code
+        self.uses_richness = uses_richness
+
+    def __call__(self, x: np.ndarray, grid: np.ndarray, pdf: np.ndarray, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        n = len(x)
+        ood = ood_score(x, self.stats) if self.stats else np.ones(n)
+        edge = edge_mass(grid, pdf)
+        count = rows["n_members"].to_numpy()
+        few = count < self.members[0] if self.members else np.zeros(n, bool)
+        rich = (count > self.members[1]) & self.uses_richness if self.members else np.zeros(n, bool)
+        return {"ood_score": ood.astype(np.float32), "edge_mass": edge.astype(np.float32),
+                "flags": flag_bits(ood, edge, few_members=few, rich=rich),
+                "model_inputs": np.full(n, self.code, np.int16)}
+
+
+def catalog_columns(rows: pd.DataFrame, values: dict[str, np.ndarray], pdf: np.ndarray,
+                    diagnostics: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The catalog columns of feature-table ``rows`` with their posterior summaries ``values``, ``pdf`` (N, G) and
+    the diagnostic columns (``ood_score``, ``edge_mass``, ``flags``, ``model_inputs``)."""
     cols = {
         "cluster_id": rows["cluster_id"].to_numpy(np.int64),
         "los": rows["los"].to_numpy(np.int16),
@@ -93,4 +125,4 @@ def catalog_columns(rows: pd.DataFrame, values: dict[str, np.ndarray], pdf: np.n
     }
     if TARGET in rows:
         cols["log10_m200c_true"] = rows[TARGET].to_numpy(np.float32)
-    return cols
+    return cols | (diagnostics or {})

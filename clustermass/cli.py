@@ -23,7 +23,7 @@ from ingest.synth.synthesize import OUTPUT_FORMATS
 from models.config import TrainSection
 from models.spec import KINDS
 from pipeline import __version__
-from pipeline.errors import ClusterMassError
+from pipeline.errors import ClusterMassError, ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -151,10 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "infer",
-        help="posterior mass catalogs (catalog.h5, catalog.fits) for every observation of an observation set",
+        help="posterior mass catalogs (catalog.h5, catalog.fits): every observation of an observation set, or real "
+             "clusters (--members GALAXIES --clusters CENTRES)",
+        description="Either --observations DIR (mock observations from `observe` or `run`), or --members GALAXIES "
+                    "(CSV/ECSV/FITS: ra, dec [deg], z, optional log10_mstar [log10 Msun]) with --clusters CENTRES "
+                    "(id, ra, dec, z): the richest model whose inputs the galaxy table provides answers for every "
+                    "cluster; rows that cannot be used are skipped and named.",
         formatter_class=fmt,
     )
-    _model_stage_arguments(p, out="directory for catalog.h5 and catalog.fits", use="which model fills the catalog")
+    _model_stage_arguments(p, out="directory for catalog.h5 and catalog.fits", use="which model fills the catalog",
+                           observations_required=False)
+    p.add_argument("--members", type=Path, default=None, help="galaxy table of real clusters (with --clusters)")
+    p.add_argument("--clusters", type=Path, default=None, help="cluster centres: id, ra, dec, z (with --members)")
     p.add_argument("--held-out-only", action="store_true", help="only the hosts the model never saw in training")
     p.set_defaults(func=cmd_infer)
 
@@ -180,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", default=DEFAULT_PRIOR, help="flat | tinker08 | training | a two-column table file")
     p.add_argument("--center", type=float, nargs=3, default=None, metavar=("RA", "DEC", "Z"),
                    help="cluster centre in deg, deg and redshift (default: estimated from the members)")
+    p.add_argument("--inputs", choices=["full", "richness", "dynamics"], default=None,
+                   help="use the model of this feature set (default: the richest the members file can feed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", type=Path, default=None, help="draw the posterior PDF to this PNG")
     p.set_defaults(func=cmd_query)
@@ -200,10 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_stage_arguments(p: argparse.ArgumentParser, *, out: str, use: str) -> None:
+def _model_stage_arguments(p: argparse.ArgumentParser, *, out: str, use: str,
+                           observations_required: bool = True) -> None:
     """The arguments shared by `infer` and `validate`."""
     p.add_argument("--model", type=Path, required=True, help="a run's model/ directory (from `train` or `run`)")
-    p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
+    p.add_argument("--observations", type=Path, required=observations_required,
+                   help="directory holding observations/")
     p.add_argument("--out", type=Path, required=True, help=out)
     p.add_argument("--prior", default=DEFAULT_PRIOR, help="flat | tinker08 | training | a two-column table file")
     p.add_argument("--use", choices=list(CATALOG_MODELS), default=CATALOG_MODELS[0], help=use)
@@ -328,7 +340,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from features.io import load_observation_table
+    from features.io import load_observation_table, read_members
     from flows.config import load_config
     from models.stage import train_stage
 
@@ -336,15 +348,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     section = _override(config.train, args, "[train]")
     start = time.perf_counter()
     table, meta = load_observation_table(args.observations)
-    summary = train_stage(table, section, args.out, kinds=args.kind,
-                          quiet=args.quiet, observations={"config": meta["config"], "snapshot": meta["snapshot"]})
+    members = read_members(args.observations) if set(section.feature_sets) - {"full"} else None
+    summary = train_stage(table, section, args.out, kinds=args.kind, quiet=args.quiet, members=members,
+                          observations={"config": meta["config"], "snapshot": meta["snapshot"]})
     for kind, info in summary["models"].items():
         best = ", ".join(f"{v:.4f}" for v in info["best_val_nll"])
-        print(f"{kind:5s} {info['dir']}  best validation loss per member: {best}")
+        print(f"{kind:14s} {info['dir']}  {info['train_rows']} training rows; best validation loss per member: "
+              f"{best}")
     ms = summary["msigma"]
     print(f"msigma {args.out / 'msigma.json'}  log10 M = {ms['intercept']:.3f} + {ms['slope']:.3f} "
           f"log10(sigma_v / {ms['pivot']:g} km/s), scatter {ms['scatter']:.3f} dex")
-    print(f"train rows {summary['train_rows']}, held-out test rows {summary['test_rows']}; "
+    print(f"held-out test rows {summary['test_rows']}; "
           f"time {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -362,6 +376,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from models.stage import held_out
 
     start = time.perf_counter()
+    real = args.members is not None or args.clusters is not None
+    if real == (args.observations is not None) or (real and (args.members is None or args.clusters is None)):
+        raise ConfigError("infer: give either --observations DIR, or both --members GALAXIES and --clusters CENTRES")
+    if real:
+        return _infer_real(args, start)
     table, snapshot = _observation_table(args.observations)
     rows = "all observations"
     if args.held_out_only:
@@ -373,20 +392,42 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infer_real(args: argparse.Namespace, start: float) -> int:
+    from catalogs.real import real_catalog
+
+    report = real_catalog(args.members, args.clusters, args.model, args.out, prior=args.prior)
+    for line in [*report.skipped_galaxies, *report.skipped_clusters]:
+        print(f"skipped: {line}", file=sys.stderr)
+    for path in report.paths:
+        print(f"catalog: {path}  ({report.clusters} clusters; {len(report.skipped_clusters)} skipped)")
+    print(f"model:   {report.model} ({report.feature_set})")
+    for c in report.considered:
+        if not c["used"]:
+            print(f"         not {c['model']}: {c['why_not']}")
+    print(f"time:    {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    from inference.validate import validate
-    from models.stage import held_out, load_models, load_msigma
+    from features.io import MEMBERS_FILE, read_members
+    from inference.validate import validate_stage
+    from models.stage import held_out_mask
 
     table, snapshot = _observation_table(args.observations)
-    test = held_out(table, args.model)
-    fits = args.model / "msigma.json"
-    metrics = validate(test, load_models(args.model), load_msigma(fits), prior=args.prior, main=args.use,
-                       snapshot=snapshot, msigma_pure=load_msigma(fits, pure=True), out_dir=args.out)
+    mask = held_out_mask(table, args.model)
+    members = read_members(args.observations).take(mask) if (args.observations / MEMBERS_FILE).is_file() else None
+    metrics = validate_stage(table[mask].reset_index(drop=True), args.model, args.out, members=members,
+                             prior=args.prior, main=args.use, snapshot=snapshot)
     print(f"validation: {args.out / 'metrics.json'}  ({metrics['n_test']} held-out observations, "
           f"{metrics['n_test_1e14_1e15']} in 1e14-1e15 Msun/h)")
     print(f"{metrics['estimator']}: bias {metrics['bias_dex']:+.4f} dex, scatter {metrics['scatter_dex']:.4f} dex; "
           f"coverage 68% {metrics['coverage_68']:.3f}, 95% {metrics['coverage_95']:.3f}; M-sigma scatter "
           f"{metrics['msigma_scatter_dex']:.3f} dex")
+    thinned = metrics.get("dynamics_thinned")
+    if thinned:
+        print(f"dynamics model, members thinned to {thinned['completeness']:.0%}: bias "
+              f"{thinned['corrected_mode']['bias']:+.4f} dex, scatter {thinned['corrected_mode']['scatter']:.4f} "
+              f"dex; coverage 68% {thinned['coverage_68']:.3f}, 95% {thinned['coverage_95']:.3f}")
     for name, check in metrics["acceptance"].items():
         if "pass" in check:
             print(f"  {'PASS' if check['pass'] else 'FAIL'}  {name}")
@@ -396,7 +437,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from inference.query import query
 
-    result = query(args.model, args.members, prior=args.prior,
+    result = query(args.model, args.members, prior=args.prior, inputs=args.inputs,
                    centre=tuple(args.center) if args.center is not None else None)
     for note in result.warnings:
         print(note, file=sys.stderr)
@@ -413,6 +454,9 @@ def cmd_query(args: argparse.Namespace) -> int:
           f"[{s['log10_m200c_p025']:.3f}, {s['log10_m200c_p975']:.3f}]")
     print(f"members {s['n_members']}, sigma_v {s['sigma_v']:.0f} km/s; uncorrected mode "
           f"{s['log10_m200c_uncorrected_mode']:.3f}")
+    ood = "n/a" if s["ood_score"] is None else f"{s['ood_score']:.3g}"
+    print(f"model {s['model']} ({s['model_inputs']}: {s['inputs']}); ood_score {ood}, edge_mass "
+          f"{s['edge_mass']:.3f}; flags {s['flags']} {' '.join(s['flag_names']) or '(none)'}")
     if args.plot is not None:
         print(f"plot: {args.plot}")
     return 0

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.tasks import exponential_backoff
@@ -155,16 +156,17 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
 
     The directory appears whole: it is trained into a hidden sibling and renamed.
     """
-    from features.io import load_observation_table
+    from features.io import load_observation_table, read_members
     from models.config import TrainSection
     from models.stage import train_stage
 
     table, meta = load_observation_table(run_dir)
+    section = TrainSection(**{k: v for k, v in train.items() if k != "reuse"})
+    members = read_members(run_dir) if set(section.feature_sets) - {"full"} else None
     target = Path(model_dir)
     tmp = target.with_name(f".{target.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    section = TrainSection(**{k: v for k, v in train.items() if k != "reuse"})
-    summary = train_stage(table, section, tmp, quiet=quiet,
+    summary = train_stage(table, section, tmp, quiet=quiet, members=members,
                           observations={"config": meta["config"], "snapshot": meta["snapshot"]})
     if target.exists():
         shutil.rmtree(target)
@@ -174,12 +176,17 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
 
 
 # -- inference: catalogs and validation ----------------------------------------------------------------------------
-def _catalog_rows(run_dir: str, model_dir: str, rows: str):
-    from features.io import load_observation_table
-    from models.stage import held_out
+def _catalog_rows(run_dir: str, model_dir: str, rows: str, *, with_members: bool = False):
+    """The ``rows`` of the run's observation table (and with ``with_members``, their member arrays)."""
+    from features.io import load_observation_table, read_members
+    from models.stage import held_out_mask
 
     table, _ = load_observation_table(run_dir)
-    return table if rows == "all" else held_out(table, Path(model_dir))
+    mask = np.ones(len(table), bool) if rows == "all" else held_out_mask(table, Path(model_dir))
+    selected = table[mask].reset_index(drop=True)
+    if not with_members:
+        return selected
+    return selected, read_members(run_dir).take(mask)
 
 
 ROWS_DESCRIPTION = {"held-out": "held-out test hosts (never seen in training)",
@@ -204,15 +211,12 @@ def write_catalogs(run_dir: str, observations_digest: str, model_dir: str, model
 def validate_models(run_dir: str, observations_digest: str, model_dir: str, model_digest: str, prior: str,
                     prior_digest: str, main: str, rows: str, snapshot: dict, code: str) -> StageResult:
     """Accuracy, calibration and the baselines on the ``rows`` observations: ``validation/`` (metrics + plots)."""
-    from inference.validate import validate
-    from models.stage import load_models, load_msigma
+    from inference.validate import validate_stage
 
-    table = _catalog_rows(run_dir, model_dir, rows)
-    models = load_models(Path(model_dir))
+    table, members = _catalog_rows(run_dir, model_dir, rows, with_members=True)
     out = Path(run_dir) / "validation"
-    fits = Path(model_dir) / "msigma.json"
-    metrics = validate(table, models, load_msigma(fits), prior=prior, main=main, snapshot=_snapshot(snapshot),
-                       msigma_pure=load_msigma(fits, pure=True), out_dir=out)
+    metrics = validate_stage(table, model_dir, out, members=members, prior=prior, main=main,
+                             snapshot=_snapshot(snapshot))
     keys = ("n_test", "scatter_dex", "bias_dex", "coverage_68", "coverage_95", "msigma_scatter_dex",
             "msigma_bias_dex")
     summary = {k: metrics[k] for k in keys if k in metrics}

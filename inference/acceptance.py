@@ -7,6 +7,10 @@ For the main model's corrected posterior mode on held-out hosts, over 1e14-1e15 
 - scatter at most ``MSIGMA_SCATTER_FRACTION`` of the M-sigma baseline's;
 - 68% and 95% coverage (importance-weighted to the target prior) within ``COVERAGE_TOLERANCE`` of nominal.
 
+- the dynamics-only model, on held-out observations whose members are randomly thinned to 40% (when validated):
+  68% and 95% coverage within ``COVERAGE_TOLERANCE`` and |bias| <= max(``DYNAMICS_BIAS_LIMIT``, 2 standard errors)
+  in every well-populated bin.
+
 The biases of the MSE regression and of the uncorrected posterior mean in the lowest and highest well-populated
 bins are reported (the regression-to-the-mean the interim-prior correction removes); they carry no verdict.
 """
@@ -23,6 +27,8 @@ BIAS_LIMIT = 0.02
 MSIGMA_SCATTER_FRACTION = 0.5
 #: allowed distance of the 68% and 95% coverage from nominal
 COVERAGE_TOLERANCE = 0.03
+#: per-bin bias limit of the dynamics-only model on thinned members, dex
+DYNAMICS_BIAS_LIMIT = 0.03
 
 
 def acceptance(metrics: dict[str, Any], main_kind: str) -> dict[str, Any]:
@@ -43,7 +49,7 @@ def acceptance(metrics: dict[str, Any], main_kind: str) -> dict[str, Any]:
         return [r for r in rows if r["n"] >= MIN_BIN_COUNT]
 
     scatter_ok = main["scatter"] is not None and ms is not None and main["scatter"] <= MSIGMA_SCATTER_FRACTION * ms
-    return {
+    verdicts: dict[str, Any] = {
         "bias_within_max_0.02_or_2se_in_every_bin": {"pass": not bad, "bins_checked": len(bins),
                                                       "failing_bins": [(b["lo"], round(b["bias"], 4)) for b in bad]},
         "scatter_at_most_half_msigma": {"pass": bool(scatter_ok), "scatter": main["scatter"], "msigma_scatter": ms},
@@ -56,6 +62,15 @@ def acceptance(metrics: dict[str, Any], main_kind: str) -> dict[str, Any]:
             "uncorrected_mean_highest_bin_bias": ends(full_unc)[-1]["bias"] if ends(full_unc) else None,
         },
     }
+    thinned = metrics.get("dynamics_thinned")
+    if thinned:
+        rows = [b for b in thinned["corrected_mode"]["by_bin"] if b["n"] >= MIN_BIN_COUNT]
+        off = [b for b in rows if abs(b["bias"]) > max(DYNAMICS_BIAS_LIMIT, 2 * b["bias_se"])]
+        ok = not off and _near(thinned["coverage_68"], 0.68) and _near(thinned["coverage_95"], 0.95)
+        verdicts["dynamics_model_on_members_thinned_to_40pc"] = {
+            "pass": bool(ok), "coverage_68": thinned["coverage_68"], "coverage_95": thinned["coverage_95"],
+            "bins_checked": len(rows), "failing_bins": [(b["lo"], round(b["bias"], 4)) for b in off]}
+    return verdicts
 
 
 def _near(value: float | None, nominal: float) -> bool:

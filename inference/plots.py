@@ -100,6 +100,8 @@ def query_posterior(grid: np.ndarray, pdf: np.ndarray, summary: dict[str, Any], 
     ax.axvline(s["log10_m200c_mode"], color="C1", label=f"mode {s['log10_m200c_mode']:.3f}")
     ax.set_xlabel(r"$\log_{10} M_{200c}$ [$h^{-1} M_\odot$]")
     ax.set_ylabel("posterior density [1/dex]")
-    ax.set_title(f"{s['n_members']} members, prior {s['prior']}", fontsize=9)
+    flags = ", ".join(s.get("flag_names") or []) or "no flags"
+    inputs = s.get("model_inputs", "")
+    ax.set_title(f"{s['n_members']} members, {inputs} model, prior {s['prior']}; {flags}", fontsize=8)
     ax.legend(fontsize=8)
     return _save(fig, Path(path))

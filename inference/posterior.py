@@ -73,17 +73,21 @@ def posterior_block(log_q: jax.Array, log_ratio: jax.Array, grid: jax.Array) -> 
 
     ``log_q``: (B, G) network log densities; ``log_ratio``: (G,) from :func:`log_prior_ratio`.
     Returns ``pdf`` (B, G) corrected, ``raw_pdf`` (B, G) uncorrected, the corrected summaries
-    (:data:`SUMMARY_NAMES`) and ``uncorrected_mode``, ``uncorrected_mean``.
+    (:data:`SUMMARY_NAMES`; the mode is the highest density inside the central 95% interval) and
+    ``uncorrected_mode``, ``uncorrected_mean``.
     """
     pdf = normalise(log_q + log_ratio[None, :], grid)
     raw = normalise(log_q, grid)
     q = summaries.quantiles(grid, pdf, (0.025, 0.16, 0.5, 0.84, 0.975))
     mean, std = summaries.mean_std(grid, pdf)
     raw_mean, _ = summaries.mean_std(grid, raw)
+    # the mode is the highest density inside the central 95% interval, so it always lies within it (a density
+    # piled against the grid's edge could otherwise peak outside its own interval)
+    inside = (grid[None, :] >= q[:, :1]) & (grid[None, :] <= q[:, 4:5])
     return {
         "pdf": pdf,
         "raw_pdf": raw,
-        "mode": summaries.mode(grid, pdf),
+        "mode": jnp.clip(summaries.mode(grid, jnp.where(inside, pdf, 0.0)), q[:, 0], q[:, 4]),
         "median": q[:, 2],
         "mean": mean,
         "std": std,

@@ -7,6 +7,7 @@ writes ``metrics.json`` and the PNG plots (:mod:`inference.plots`); :func:`valid
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from inference import plots
+from features.members import Members
+from features.sets import thinned_features
+from inference import calibration, plots
 from inference.acceptance import acceptance
 from inference.metrics import (
+    BIN_WIDTH,
+    MASS_RANGE,
     Calibration,
     DensityPosteriors,
+    accuracy,
     calibrate,
     json_safe,
     methods_accuracy,
@@ -27,9 +33,11 @@ from inference.metrics import (
 )
 from inference.posterior import prepare
 from inference.priors import DEFAULT_PRIOR
+from models.io import MODEL_JSON, load_model
 from models.model import TARGET, TrainedModel, predict_point
 from models.msigma import FEATURE as MSIGMA_FEATURE
 from models.msigma import PURE_FEATURE, MSigmaFit
+from models.stage import load_models, load_msigma
 from pipeline.errors import ConfigError
 from pipeline.files import write_json
 from pipeline.snapshot import Snapshot
@@ -95,6 +103,34 @@ def evaluate(test: pd.DataFrame, models: dict[str, TrainedModel], msigma: MSigma
     return Validation(metrics, methods, true, estimates, cal, density[main_kind])
 
 
+#: the completeness at which the dynamics model is validated (issue 12: members randomly thinned to 40%)
+THINNED_COMPLETENESS = 0.4
+
+
+def evaluate_thinned(test: pd.DataFrame, members: Members, model: TrainedModel, *, min_members: int,
+                     r_aperture: float, prior: str = DEFAULT_PRIOR, snapshot: Snapshot | None = None,
+                     completeness: float = THINNED_COMPLETENESS, seed: int = 0) -> dict[str, Any]:
+    """A model (the dynamics one) on held-out observations whose members are randomly thinned to ``completeness``:
+    accuracy of the corrected mode and 68/95% coverage (importance-weighted to the target prior).
+
+    ``members``: the member arrays of the rows of ``test`` (same order); only hosts from 0.1 dex below the judged
+    mass range up are evaluated, and rows keeping fewer than ``min_members`` members are left out and counted.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x40,)))
+    judged = test[TARGET].to_numpy(np.float64) >= MASS_RANGE[0] - BIN_WIDTH  # the range the criteria judge
+    members, test = members.take(judged), test[judged]
+    feats = thinned_features(members, np.full(len(test), completeness), rng, r_aperture=r_aperture)
+    x = np.column_stack([feats[name] for name in model.feature_names])
+    keep = np.isfinite(x).all(axis=1) & (feats["n_members"] >= min_members)
+    true = test[TARGET].to_numpy(np.float64)[keep]
+    post = density_posteriors(model, x[keep], prior, snapshot)
+    cal = calibrate(true, post)
+    return json_safe({"completeness": completeness, "n": int(keep.sum()), "n_dropped_too_few": int((~keep).sum()),
+                      "corrected_mode": accuracy(post.values["mode"], true),
+                      "coverage_68": cal.headline_corrected[0], "coverage_95": cal.headline_corrected[1],
+                      "coverage_effective_sample_size": calibration.effective_sample_size(cal.weights)})
+
+
 def write_report(validation: Validation, out_dir: str | os.PathLike[str], *, n_examples: int = 4) -> Path:
     """``out_dir/metrics.json`` and the PNG plots of ``validation``; returns the metrics path."""
     out = Path(out_dir)
@@ -121,4 +157,29 @@ def validate(test: pd.DataFrame, models: dict[str, TrainedModel], msigma: MSigma
     validation = evaluate(test, models, msigma, prior=prior, main=main, snapshot=snapshot, msigma_pure=msigma_pure)
     if out_dir is not None:
         write_report(validation, out_dir)
+    return validation.metrics
+
+
+def validate_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                   members: Members | None = None, prior: str = DEFAULT_PRIOR, main: str | None = None,
+                   snapshot: Snapshot | None = None) -> dict[str, Any]:
+    """The validation stage of a run's model directory on its held-out rows ``table`` (with their ``members``, in
+    the same order, for the dynamics model's thinned test): ``out_dir/metrics.json`` and plots; returns metrics.
+
+    Called by ``clustermass validate`` and by the flow's validate task alike.
+    """
+    model_dir = Path(model_dir)
+    fits = model_dir / "msigma.json"
+    validation = evaluate(table, load_models(model_dir), load_msigma(fits), prior=prior, main=main,
+                          snapshot=snapshot, msigma_pure=load_msigma(fits, pure=True))
+    kind = validation.metrics["main_model"]
+    dynamics_dir = model_dir / "dynamics" / kind
+    if members is not None and (dynamics_dir / MODEL_JSON).is_file():
+        description = json.loads((dynamics_dir / MODEL_JSON).read_text())
+        cylinder = description["observations"]["config"]["cylinder"]
+        validation.metrics["dynamics_thinned"] = evaluate_thinned(
+            table, members, load_model(dynamics_dir), min_members=int(description["selection"]["min_members"]),
+            r_aperture=float(cylinder["r_aperture"]), prior=prior, snapshot=snapshot)
+        validation.metrics["acceptance"] = json_safe(acceptance(validation.metrics, kind))
+    write_report(validation, out_dir)
     return validation.metrics

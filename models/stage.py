@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from features.definitions import FEATURE_NAMES
+from features.members import Members
+from features.sets import FEATURE_SETS, INPUTS, NEEDS_COMPLETE_SAMPLE, thinned_features
 from models.config import TrainSection
 from models.io import load_model, save_model
 from models.model import TARGET, TrainedModel, host_split, train_model
@@ -42,33 +44,100 @@ def feature_list(table: pd.DataFrame, section: TrainSection) -> list[str]:
     return names
 
 
+def model_dir_for(root: str | os.PathLike[str], feature_set: str, kind: str) -> Path:
+    """Where the training stage writes model ``kind`` of ``feature_set``: ``<root>/<kind>`` for the full set,
+    ``<root>/<feature_set>/<kind>`` for the others."""
+    root = Path(root)
+    return root / kind if feature_set == "full" else root / feature_set / kind
+
+
+def typicality_stats(x: np.ndarray) -> dict[str, Any]:
+    """What :func:`inference.diagnostics.ood_score` needs of the training features ``x`` (N, F, raw units): their
+    mean, the inverse covariance, and the squared Mahalanobis distances of the training rows at 0.5% steps
+    (plus the 99.9th and 99.99th percentiles)."""
+    mean = x.mean(axis=0)
+    precision = np.linalg.pinv(np.cov(x, rowvar=False))
+    d = x - mean
+    d2 = np.einsum("ni,ij,nj->n", d, precision, d)
+    levels = np.unique(np.concatenate((np.linspace(0.0, 1.0, 201), [0.999, 0.9999])))
+    return {"mean": mean.tolist(), "precision": precision.tolist(), "d2_levels": levels.tolist(),
+            "d2_values": np.quantile(d2, levels).tolist()}
+
+
+def thinned_table(table: pd.DataFrame, members: Members, section: TrainSection, *, r_aperture: float
+                  ) -> pd.DataFrame:
+    """``table`` with its features recomputed after random spectroscopic incompleteness: each observation keeps a
+    random subset of its members, of a size drawn log-uniformly from ``section.redshifts`` independently of the
+    host's mass (all members when it has fewer), seeded by ``section.seed``."""
+    rng = np.random.default_rng(np.random.SeedSequence(section.seed, spawn_key=(0xC0,)))
+    lo, hi = section.redshifts
+    wanted = np.exp(rng.uniform(np.log(lo), np.log(hi), len(table)))
+    completeness = np.minimum(1.0, wanted / np.maximum(np.diff(members.offsets), 1))
+    feats = thinned_features(members, completeness, rng, r_aperture=r_aperture)
+    out = table.copy()
+    for name, values in feats.items():
+        out[name] = values
+    return out
+
+
 def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLike[str], *,
                 kinds: Sequence[str] | None = None, quiet: bool = False,
-                observations: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``kinds`` (default: the configured models) on the non-test hosts of ``table``; write ``out``.
+                observations: dict[str, Any] | None = None, members: Members | None = None) -> dict[str, Any]:
+    """Train ``kinds`` (default: the configured models) of every configured feature set on the non-test hosts of
+    ``table``; write ``out``.
 
     ``observations``: how the observations were made (cylinder, lines of sight, snapshot), stored in every
-    model.json so that `clustermass query` applies the same definitions to a members file.
+    model.json so that `clustermass query` applies the same definitions to a members file. ``members``: the
+    observations' member arrays, needed for the ``dynamics`` set (trained on randomly thinned members).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = feature_list(table, section)
     test = test_mask(table, section)
-    usable = np.isfinite(table[names].to_numpy(np.float64)).all(axis=1)
-    tr = ~test & usable
-    x = table.loc[tr, names].to_numpy(np.float64)
-    y = table.loc[tr, TARGET].to_numpy(np.float64)
-    cid = table.loc[tr, "cluster_id"].to_numpy()
-    summary: dict[str, Any] = {"features": names, "train_rows": int(tr.sum()), "test_rows": int(test.sum()),
-                               "dropped_nonfinite": int((~usable & ~test).sum()), "models": {}}
-    for kind in kinds or section.models:
-        spec, train = section.specs(kind)
-        progress = _EpochProgress(kind, train.max_epochs, quiet)
-        model, histories = train_model(x, y, cid, feature_names=names, spec=spec, train=train, progress=progress)
-        save_model(out / kind, model, histories=histories,
-                   extra={"test_hosts_seed": section.test_seed, "observations": observations or {}})
-        summary["models"][kind] = {"dir": str(out / kind), "best_val_nll": [min(h.val_loss) for h in histories],
-                                   "epochs": [len(h.val_loss) for h in histories]}
+    cylinder = (observations or {}).get("config", {}).get("cylinder", {})
+    summary: dict[str, Any] = {"test_rows": int(test.sum()), "models": {}}
+    y_all = table[TARGET].to_numpy(np.float64)
+    for feature_set in section.feature_sets:
+        if feature_set == "full":
+            names, rows, min_members = feature_list(table, section), table, int(cylinder.get("min_members", 1))
+            completeness: Any = 1.0
+        elif feature_set in NEEDS_COMPLETE_SAMPLE:  # richness: the complete sample, without stellar masses
+            names, rows, min_members = list(FEATURE_SETS[feature_set]), table, int(cylinder.get("min_members", 1))
+            completeness = 1.0
+        else:
+            if members is None or "r_aperture" not in cylinder:
+                raise ConfigError(f"[train] feature set '{feature_set}' is trained on thinned members: expected the "
+                                  "observations' members.h5 and cylinder")
+            names = list(FEATURE_SETS[feature_set])
+            rows = thinned_table(table, members, section, r_aperture=float(cylinder["r_aperture"]))
+            min_members = section.min_members_thinned
+            completeness = {"redshifts_log_uniform": list(section.redshifts)}
+        usable = np.isfinite(rows[names].to_numpy(np.float64)).all(axis=1) & (rows["n_members"] >= min_members)
+        tr = ~test & usable
+        x = rows.loc[tr, names].to_numpy(np.float64)
+        y = y_all[tr]
+        cid = rows.loc[tr, "cluster_id"].to_numpy()
+        extra = {
+            "test_hosts_seed": section.test_seed, "observations": observations or {},
+            "feature_set": feature_set, "inputs": INPUTS[feature_set],
+            "selection": {"log10_mstar_min": cylinder.get("log10_mstar_min"), "completeness": completeness,
+                          "min_members": min_members},
+            "training_members": [int(rows.loc[tr, "n_members"].min()), int(rows.loc[tr, "n_members"].max())],
+            "typicality": typicality_stats(x),
+        }
+        wanted = kinds or section.models
+        for kind in wanted if feature_set == "full" else [k for k in wanted if k != "mse"]:
+            spec, train = section.specs(kind)
+            progress = _EpochProgress(f"{kind} ({feature_set})", train.max_epochs, quiet)
+            model, histories = train_model(x, y, cid, feature_names=names, spec=spec, train=train,
+                                           progress=progress)
+            target = model_dir_for(out, feature_set, kind)
+            save_model(target, model, histories=histories, extra=extra)
+            summary["models"][f"{feature_set}/{kind}"] = {
+                "dir": str(target), "feature_set": feature_set, "train_rows": int(tr.sum()),
+                "best_val_nll": [min(h.val_loss) for h in histories], "epochs": [len(h.val_loss) for h in histories]}
+    full = np.isfinite(table[MSIGMA_FEATURE].to_numpy(np.float64))
+    tr = ~test & full
+    y = y_all[tr]
     ms = fit_msigma(table.loc[tr, MSIGMA_FEATURE].to_numpy(), y, mass_range=FIT_RANGE)
     document = {"feature": MSIGMA_FEATURE, "unit": {"sigma_v": "km/s", "M200c": "Msun/h"}, **ms.to_dict()}
     if PURE_FEATURE in table:  # Ho et al. 2019's "pure" baseline: the true members' dispersion (mocks only)
@@ -97,16 +166,21 @@ def load_msigma(path: str | os.PathLike[str], *, pure: bool = False) -> MSigmaFi
             from None
 
 
-def held_out(table: pd.DataFrame, model_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """The rows of ``table`` whose hosts the training stage held out (``split.json``), re-indexed from 0."""
+def held_out_mask(table: pd.DataFrame, model_dir: str | os.PathLike[str]) -> np.ndarray:
+    """Boolean mask of the rows of ``table`` whose hosts the training stage held out (``split.json``)."""
     split_path = Path(model_dir) / "split.json"
     if not split_path.exists():
         raise InputError(model_dir, "no split.json: expected a model directory written by `clustermass train`")
     test_ids = set(json.loads(split_path.read_text())["test_cluster_ids"])
-    test = table[table["cluster_id"].isin(test_ids)].reset_index(drop=True)
-    if test.empty:
+    mask = table["cluster_id"].isin(test_ids).to_numpy()
+    if not mask.any():
         raise InputError(split_path, "none of the held-out hosts is in the observation table; wrong observations?")
-    return test
+    return mask
+
+
+def held_out(table: pd.DataFrame, model_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The rows of ``table`` whose hosts the training stage held out (``split.json``), re-indexed from 0."""
+    return table[held_out_mask(table, model_dir)].reset_index(drop=True)
 
 
 def load_models(model_dir: str | os.PathLike[str]) -> dict[str, TrainedModel]:

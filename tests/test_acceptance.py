@@ -91,3 +91,17 @@ def test_accuracy_bins_and_range_on_known_offsets():
     acc = accuracy(est, true)
     assert acc["n"] == len(true) and acc["bias"] == pytest.approx(0.03) and acc["scatter"] == pytest.approx(0.0)
     assert [b["n"] for b in acc["by_bin"]] == [40] * 10
+
+
+def test_dynamics_model_on_thinned_members_is_judged_when_validated():
+    m = _metrics()
+    assert "dynamics_model_on_members_thinned_to_40pc" not in acceptance(m, "flow")
+    good = {"coverage_68": 0.69, "coverage_95": 0.94,
+            "corrected_mode": {"by_bin": [_bin(14.0, 0.029), _bin(14.1, -0.01)]}}
+    m["dynamics_thinned"] = good
+    check = acceptance(m, "flow")["dynamics_model_on_members_thinned_to_40pc"]
+    assert check["pass"] and check["bins_checked"] == 2
+    m["dynamics_thinned"] = good | {"corrected_mode": {"by_bin": [_bin(14.0, 0.035)]}}
+    assert not passed(acceptance(m, "flow"))
+    m["dynamics_thinned"] = good | {"coverage_68": 0.72}
+    assert not acceptance(m, "flow")["dynamics_model_on_members_thinned_to_40pc"]["pass"]

@@ -21,7 +21,7 @@ SPEC_NAMES = [
     "log10_m200c_mode", "log10_m200c_median", "log10_m200c_mean",
     "log10_m200c_p16", "log10_m200c_p84", "log10_m200c_p025", "log10_m200c_p975",
     "log10_m200c_uncorrected_mode", "log10_m200c_uncorrected_mean",
-    "log10_m200c_pdf", "log10_m200c_true",
+    "log10_m200c_pdf", "log10_m200c_true", "ood_score", "edge_mass", "flags", "model_inputs",
 ]
 SUFFIX = {"hdf5": ".h5", "fits": ".fits"}
 PROVENANCE = {
@@ -112,7 +112,7 @@ def no_leftovers(path) -> bool:
 
 def test_schema_has_spec_columns_and_parseable_units():
     assert [n for n in NAMES if n != "log10_m200c_std"] == SPEC_NAMES
-    assert set(OPTIONAL) == {"log10_m200c_std", "log10_m200c_true"}
+    assert set(OPTIONAL) == {"log10_m200c_std", "log10_m200c_true", "ood_score", "edge_mass", "flags", "model_inputs"}
     assert column("cluster_id").dtype == "int64" and column("los").dtype == "int16"
     assert column("n_members").dtype == "int32" and column(PDF_NAME).vector
     assert GRID.dtype == "float64"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -112,7 +113,8 @@ def test_warnings_where_an_answer_is_still_meaningful(trained, tmp_path, capsys)
     path = _write(tmp_path / "few.csv", r_proj=r2, v_los=v2, log10_mstar=m2)
     code, _, err = _query(capsys, "--model", str(trained / "model"), "--members", str(path))
     assert code == 0
-    assert "1 of 9 members fall outside the training cylinder" in err and "fewer than the 10" in err
+    assert "1 of 9 members fall outside the model's selection" in err
+    assert re.search(r"8 members, fewer than the \d+ every training cluster had", err), err
     ra, dec, z = _to_sky(r, v)
     far = _write(tmp_path / "far.csv", ra=ra, dec=dec, z=z + 0.2, log10_mstar=m)
     code, _, err = _query(capsys, "--model", str(trained / "model"), "--members", str(far))
@@ -123,7 +125,6 @@ def test_warnings_where_an_answer_is_still_meaningful(trained, tmp_path, capsys)
     ("content", "suffix", "message"),
     [
         ("x,y\n1,2\n", ".csv", "expected columns r_proj [Mpc/h] and v_los [km/s], or ra, dec [deg] and z"),
-        ("r_proj,v_los\n0.1,100\n0.2,-50\n0.3,20\n", ".csv", "expected a log10_mstar column"),
         ("r_proj,v_los,log10_mstar\n0.1,100,10\n0.2,-50,10.2\n", ".csv", "only 2 members inside"),
         ("r_proj,v_los,log10_mstar\n0.1,nan,10\n0.2,-50,10.2\n0.3,1,10\n", ".csv", "column 'v_los', row 1"),
         ("whatever", ".parquet", "unknown members format '.parquet'"),
@@ -135,6 +136,51 @@ def test_errors_that_leave_no_answer(trained, tmp_path, capsys, content, suffix,
     code, out, err = _query(capsys, "--model", str(trained / "model"), "--members", str(path))
     assert code == 2 and out == "" and err.count("\n") == 1
     assert message in err
+
+
+def test_answers_from_positions_and_redshifts_alone(trained, tmp_path, capsys):
+    """Without stellar masses the dynamics model answers, says so, and says why the full model did not."""
+    hits = 0
+    clusters = _clusters(trained)
+    for k, (r, v, _, truth) in enumerate(clusters):
+        ra, dec, z = _to_sky(r, v, seed=k)
+        path = _write(tmp_path / f"d{k}.csv", ra=ra, dec=dec, z=z)
+        code, out, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(path), "--json",
+                              "--center", str(RAC), str(DECC), str(ZC))
+        assert code == 0
+        s = json.loads(out)
+        assert s["model_inputs"] == "dynamics" and s["model"].endswith("dynamics/flow")
+        full = next(c for c in s["models_considered"] if c["feature_set"] == "full")
+        assert not full["used"] and "log10_mstar" in full["why_not"]
+        assert s["log10_m200c_p025"] <= s["log10_m200c_mode"] <= s["log10_m200c_p975"]
+        hits += s["log10_m200c_p025"] <= truth <= s["log10_m200c_p975"]
+    assert hits / len(clusters) >= 0.75
+    # a model directory given directly is used as it is, and refuses what it cannot answer
+    code, _, err = _query(capsys, "--model", str(trained / "model" / "flow"), "--members", str(path))
+    assert code == 2 and "expected a log10_mstar column" in err and err.count("\n") == 1
+
+
+def test_unlike_anything_in_training_is_flagged(trained, tmp_path, capsys):
+    """5x the richest training richness at a low dispersion is out of distribution; a posterior piled against the
+    grid's edge is flagged as such; the flags reach the JSON."""
+    rng = np.random.default_rng(4)
+    n = 5 * 400
+    path = _write(tmp_path / "odd.csv", r_proj=rng.uniform(0.01, 1.5, n), v_los=rng.normal(0, 150.0, n),
+                  log10_mstar=rng.uniform(9.5, 11.0, n))
+    code, out, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(path), "--json")
+    s = json.loads(out)
+    assert code == 0 and s["flags"] & 1 and "OUT_OF_DISTRIBUTION" in s["flag_names"] and s["ood_score"] < 1e-3
+    hot = _write(tmp_path / "hot.csv", r_proj=rng.uniform(0.01, 1.5, 60), v_los=rng.normal(0, 2400.0, 60) % 2400,
+                 log10_mstar=rng.uniform(9.5, 11.0, 60))
+    code, out, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(hot), "--json")
+    s = json.loads(out)
+    assert code == 0 and s["flags"] != 0
+    if s["edge_mass"] > 0.01:
+        assert "GRID_EDGE" in s["flag_names"]
+    typical = _clusters(trained, 1)[0]
+    ok = _write(tmp_path / "ok.csv", r_proj=typical[0], v_los=typical[1], log10_mstar=typical[2])
+    code, out, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(ok), "--json")
+    assert json.loads(out)["ood_score"] > 1e-3
 
 
 def test_missing_model(tmp_path, capsys):
@@ -171,7 +217,41 @@ def test_validate_command(trained, tmp_path, capsys):
     assert metrics["main_model"] == "flow" and metrics["n_test"] > 0
     assert "coverage 68%" in out
     verdicts = {name: check["pass"] for name, check in metrics["acceptance"].items() if "pass" in check}
-    assert len(verdicts) == 4
+    assert len(verdicts) == 5 and "dynamics_model_on_members_thinned_to_40pc" in verdicts
     for name, ok in verdicts.items():  # each criterion printed with the verdict metrics.json holds
         assert f"{'PASS' if ok else 'FAIL'}  {name}" in out.splitlines()[-len(verdicts):][list(verdicts).index(name)]
     assert (tmp_path / "val" / "coverage.png").exists()
+
+
+def test_infer_real_clusters_from_a_galaxy_table_and_centres(trained, tmp_path, capsys):
+    from catalogs.io import read_catalog
+
+    clusters = _clusters(trained, 3)
+    ra_all, dec_all, z_all = [], [], []
+    centres = []
+    for k, (r, v, _, _) in enumerate(clusters):
+        ra, dec, z = _to_sky(r, v, seed=k)
+        ra_all.append(ra + 10.0 * k)  # three clusters 10 degrees apart
+        dec_all.append(dec)
+        z_all.append(z)
+        centres.append((100 + k, RAC + 10.0 * k, DECC, ZC))
+    ra, dec, z = np.concatenate(ra_all), np.concatenate(dec_all), np.concatenate(z_all)
+    z[0] = np.nan  # a bad galaxy row: named and skipped
+    galaxies = _write(tmp_path / "galaxies.csv", ra=ra, dec=dec, z=z)
+    rows = [*centres, (200, RAC, 95.0, ZC), (100, RAC, DECC, ZC)]  # dec out of range; duplicate id
+    table = tmp_path / "centres.csv"
+    table.write_text("id,ra,dec,z\n" + "".join(f"{i},{a},{d},{zz}\n" for i, a, d, zz in rows))
+    code = main(["infer", "--model", str(trained / "model"), "--members", str(galaxies), "--clusters", str(table),
+                 "--out", str(tmp_path / "cat")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "column 'z', row 1" in err and "column 'dec', row 4" in err and "duplicate id 100" in err
+    cat = read_catalog(tmp_path / "cat" / "catalog.fits")
+    assert sorted(cat["cluster_id"]) == [100, 101, 102]
+    assert set(cat["model_inputs"]) == {1} and "flags" in cat.colnames and "ood_score" in cat.colnames
+    assert np.all(cat["log10_m200c_p025"] <= cat["log10_m200c_mode"])
+    assert "dynamics" in out
+    # both modes at once is a usage error, one line
+    code = main(["infer", "--model", str(trained / "model"), "--members", str(galaxies), "--out", str(tmp_path)])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "--clusters" in err

@@ -1,0 +1,203 @@
+"""Catalogs of real clusters: one galaxy table, one table of cluster centres, the same HDF5/FITS catalogs as a run.
+
+``clustermass infer --members GALAXIES --clusters CENTRES --model DIR --out OUT``:
+
+* ``CENTRES`` (CSV, ECSV or FITS): ``id`` (integer), ``ra``, ``dec`` [deg], ``z``;
+* ``GALAXIES``: ``ra``, ``dec`` [deg], ``z``, and optionally ``log10_mstar`` [log10 Msun] (then a model with stellar
+  masses may answer, under its stellar-mass floor).
+
+For each cluster the galaxies inside the model's cylinder (comoving projected radius and line-of-sight velocity
+window of :func:`features.sky.project`, with the model's cosmology) are its members; the features, the corrected
+posterior and the diagnostics (:mod:`inference.diagnostics`) follow exactly as in ``clustermass query``. Rows that
+cannot be used — a non-finite or out-of-range coordinate, a duplicate id, a cluster with too few members — are
+skipped, counted and named (file, row, column) in the returned report; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catalogs.fits import FITSCatalogWriter
+from catalogs.hdf5 import HDF5CatalogWriter
+from catalogs.stage import CHUNK, catalog_columns
+from features.definitions import compute_features
+from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS
+from features.sky import angular_separation, comoving_distance
+from features.sky import project as sky_project
+from inference.diagnostics import edge_mass, flag_bits, ood_score
+from inference.posterior import SUMMARY_COLUMNS, prepare
+from inference.priors import DEFAULT_PRIOR
+from inference.query import ABSOLUTE_MIN_MEMBERS, REDSHIFT_TOLERANCE, choose_model, read_members
+from models.io import load_model
+from pipeline.errors import InputError
+from pipeline.provenance import code_version, model_digest, now
+from pipeline.snapshot import Snapshot
+
+
+@dataclass
+class RealReport:
+    """What :func:`real_catalog` did: the catalogs written, the model used, and every row it skipped and why."""
+
+    paths: list[Path]
+    model: str
+    feature_set: str
+    clusters: int
+    skipped_clusters: list[str] = field(default_factory=list)
+    skipped_galaxies: list[str] = field(default_factory=list)
+    considered: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _numbers(table: Any, name: str, path: Path) -> np.ndarray:
+    """A numeric column (NaN where a cell is empty or not a number), or an error naming the file and column."""
+    if name not in table.colnames:
+        raise InputError(path, f"expected a column '{name}'; found {sorted(table.colnames)}", column=name)
+    col = table[name]
+    try:
+        values = np.ma.filled(np.ma.asarray(col, dtype=np.float64), np.nan)
+    except (TypeError, ValueError):
+        raise InputError(path, f"expected numbers, found {col.dtype} values", column=name) from None
+    return np.asarray(values, dtype=np.float64)
+
+
+def _valid_sky(path: Path, ra: np.ndarray, dec: np.ndarray, z: np.ndarray, what: str) -> tuple[np.ndarray, list[str]]:
+    """Rows with finite ra in [0, 360), dec in [-90, 90] and 0 < z < 2; the others named (1-based data rows)."""
+    problems = []
+    ok = np.ones(len(ra), bool)
+    for name, values, bad in (("ra", ra, ~(np.isfinite(ra) & (ra >= 0) & (ra < 360))),
+                              ("dec", dec, ~(np.isfinite(dec) & (np.abs(dec) <= 90))),
+                              ("z", z, ~(np.isfinite(z) & (z > 0) & (z < 2)))):
+        for row in np.flatnonzero(bad & ok)[:20]:
+            problems.append(f"{path}: column '{name}', row {row + 1}: {what} skipped, value {values[row]!r} is not "
+                            f"a valid {name}")
+        ok &= ~bad
+    return ok, problems
+
+
+def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.PathLike[str],
+                 model_path: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                 prior: str = DEFAULT_PRIOR) -> RealReport:
+    """Posterior mass catalogs ``out/catalog.h5`` and ``out/catalog.fits`` of the clusters of ``clusters_path``
+    from the galaxies of ``members_path`` (see the module docstring)."""
+    gpath, cpath, out = Path(members_path), Path(clusters_path), Path(out)
+    galaxies, clusters = read_members(gpath), read_members(cpath)
+    has_mstar = "log10_mstar" in galaxies.colnames
+    directory, description, feature_set, considered = choose_model(model_path, has_mstar, members_path=gpath)
+    model = load_model(directory)
+    meta = description.get("observations") or {}
+    if not meta.get("config") or not meta.get("snapshot"):
+        raise InputError(directory, "the model does not record its cylinder and snapshot; retrain it")
+    cyl = meta["config"]["cylinder"]
+    snap = Snapshot.from_dict(meta["snapshot"])
+    uses_mstar = feature_set in NEEDS_STELLAR_MASS or feature_set in NEEDS_COMPLETE_SAMPLE
+
+    g_ra, g_dec, g_z = (_numbers(galaxies, k, gpath) for k in ("ra", "dec", "z"))
+    g_ok, g_problems = _valid_sky(gpath, g_ra, g_dec, g_z, "galaxy")
+    g_m = _numbers(galaxies, "log10_mstar", gpath) if has_mstar else np.full(len(g_ra), np.nan)
+    if uses_mstar:
+        linear = g_ok & (g_m > 20)
+        if linear.any():
+            raise InputError(gpath, f"expected log10 stellar masses [log10 Msun], found {g_m[linear][0]:g} (a linear "
+                                    "mass?)", column="log10_mstar", row=int(np.flatnonzero(linear)[0]) + 1)
+    skipped_galaxies = [*g_problems]
+    if (~g_ok).sum() > len(g_problems):
+        skipped_galaxies.append(f"{gpath}: {int((~g_ok).sum())} galaxy rows skipped in all")
+    ids = _numbers(clusters, "id", cpath)
+    c_ra, c_dec, c_z = (_numbers(clusters, k, cpath) for k in ("ra", "dec", "z"))
+    c_ok, skipped_clusters = _valid_sky(cpath, c_ra, c_dec, c_z, "cluster")
+    bad_id = ~(np.isfinite(ids) & (ids == np.round(ids)))
+    for row in np.flatnonzero(bad_id & c_ok):
+        skipped_clusters.append(f"{cpath}: column 'id', row {row + 1}: cluster skipped, expected an integer id")
+    c_ok &= ~bad_id
+    seen: set[int] = set()
+    for row in np.flatnonzero(c_ok):
+        if int(ids[row]) in seen:
+            skipped_clusters.append(f"{cpath}: column 'id', row {row + 1}: cluster skipped, duplicate id "
+                                    f"{int(ids[row])}")
+            c_ok[row] = False
+        seen.add(int(ids[row]))
+
+    gi = np.flatnonzero(g_ok)
+    rows, offsets, r_all, v_all, m_all = [], [0], [], [], []
+    for row in np.flatnonzero(c_ok):
+        centre = (float(c_ra[row]), float(c_dec[row]), float(c_z[row]))
+        # a cheap pre-selection on angle before the exact projection
+        theta_max = 1.5 * cyl["r_aperture"] / max(comoving_distance(centre[2], snap.cosmology), 1e-6)
+        near = gi[angular_separation(g_ra[gi], g_dec[gi], centre[0], centre[1]) < theta_max]
+        r, v = sky_project(g_ra[near], g_dec[near], g_z[near], centre, snap.cosmology)
+        inside = (r < cyl["r_aperture"]) & (np.abs(v) < cyl["v_cut"])
+        if uses_mstar:
+            inside &= g_m[near] >= cyl["log10_mstar_min"]
+        if inside.sum() < ABSOLUTE_MIN_MEMBERS:
+            skipped_clusters.append(f"{cpath}: row {row + 1} (id {int(ids[row])}): cluster skipped, only "
+                                    f"{int(inside.sum())} members inside the model's selection; expected at least "
+                                    f"{ABSOLUTE_MIN_MEMBERS}")
+            continue
+        rows.append(row)
+        r_all.append(r[inside])
+        v_all.append(v[inside])
+        m_all.append(np.nan_to_num(g_m[near][inside]))
+        offsets.append(offsets[-1] + int(inside.sum()))
+    if not rows:
+        raise InputError(cpath, "no cluster has enough members inside the model's selection; nothing to write")
+    offsets_arr = np.asarray(offsets)
+    feats = compute_features(offsets_arr, np.concatenate(r_all), np.concatenate(v_all), np.concatenate(m_all),
+                             r_aperture=cyl["r_aperture"])
+    x = np.column_stack([feats[name] for name in model.feature_names])
+    finite = np.isfinite(x).all(axis=1)
+    for k in np.flatnonzero(~finite):
+        skipped_clusters.append(f"{cpath}: row {rows[k] + 1} (id {int(ids[rows[k]])}): cluster skipped, its "
+                                "features are undefined (identical velocities?)")
+    keep = np.flatnonzero(finite)
+    rows_arr = np.asarray(rows)[keep]
+    x = x[keep]
+    n_members = np.diff(offsets_arr)[keep]
+    import pandas as pd
+
+    table = pd.DataFrame({"cluster_id": ids[rows_arr].astype(np.int64), "los": np.zeros(len(keep), np.int16),
+                          "n_members": n_members.astype(np.int32),
+                          "sigma_v_biweight": np.asarray(feats["sigma_v_biweight"])[keep]})
+    setup = prepare(model, prior, snapshot=snap)
+    lo_hi = description.get("training_members") or [cyl["min_members"], None]
+    far = np.abs(c_z[rows_arr] - snap.redshift) > REDSHIFT_TOLERANCE
+    provenance = {
+        "code_version": code_version(), "config_digest": "", "model": str(directory),
+        "model_digest": model_digest(directory), "training_data_sha256": model.data_digest,
+        "target_prior": setup.target.name,
+        "training_prior": f"KDE of {model.training_prior.n_train} training log10 M200c",
+        "cosmology": json.dumps(snap.cosmology.to_dict()), "snapshot": json.dumps(snap.to_dict()),
+        "rows": f"real clusters of {cpath.name} with members from {gpath.name}",
+        "model_inputs": f"{feature_set}: {INPUTS[feature_set]}", "created": now(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "catalog.h5", out / "catalog.fits"]
+    stats = description.get("typicality")
+    with HDF5CatalogWriter(paths[0], len(table), setup.grid, _names(table, setup.grid), provenance) as h5, \
+            FITSCatalogWriter(paths[1], len(table), setup.grid, _names(table, setup.grid), provenance) as fits:
+        for block in setup.blocks(x, chunk=CHUNK):
+            sl = slice(block.start, block.start + len(block.pdf))
+            ood = ood_score(x[sl], stats) if stats else np.ones(len(block.pdf))
+            edge = edge_mass(setup.grid, block.pdf)
+            count = table["n_members"].to_numpy()[sl]
+            rich = (count > lo_hi[1]) & uses_mstar if lo_hi[1] is not None else np.zeros(len(count), bool)
+            diag = {"ood_score": ood.astype(np.float32), "edge_mass": edge.astype(np.float32),
+                    "flags": flag_bits(ood, edge, few_members=count < lo_hi[0], far_redshift=far[sl], rich=rich),
+                    "model_inputs": np.full(len(count), CODES[feature_set], np.int16)}
+            cols = catalog_columns(table.iloc[sl], block.values, block.pdf, diag)
+            h5.append(cols)
+            fits.append(cols)
+    return RealReport(paths, str(directory), feature_set, len(table), skipped_clusters, skipped_galaxies,
+                      considered)
+
+
+def _names(table: Any, grid: np.ndarray) -> list[str]:
+    probe = catalog_columns(table.iloc[:1], {k: np.zeros(1, np.float32) for k in SUMMARY_COLUMNS},
+                            np.zeros((1, len(grid)), np.float32),
+                            {"ood_score": np.zeros(1, np.float32), "edge_mass": np.zeros(1, np.float32),
+                             "flags": np.zeros(1, np.int32), "model_inputs": np.zeros(1, np.int16)})
+    return list(probe)
