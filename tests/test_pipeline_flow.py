@@ -64,8 +64,9 @@ def test_first_run_completes_every_stage_and_writes_the_spec_outputs(first_run):
     assert len(h5) == len(fits) == summary["catalog_rows"] == summary["validation"]["n_test"] > 0
     np.testing.assert_array_equal(h5["log10_m200c_mode"], fits["log10_m200c_mode"])
     assert h5.meta["provenance"]["target_prior"] == "flat" and h5.meta["provenance"]["config_digest"]
-    for kind in ("mdn", "flow", "mse"):
+    for kind in ("flow", "mse", "dynamics/flow"):  # the default models: full flow, MSE baseline, dynamics flow
         assert (out / "model" / kind / "model.json").exists()
+    assert set(SPEC_COLUMNS + ["ood_score", "edge_mass", "flags", "model_inputs"]) <= set(h5.colnames)
     import json
 
     metrics = json.loads((out / "validation" / "metrics.json").read_text())
