@@ -66,7 +66,7 @@ def test_first_run_completes_every_stage_and_writes_the_spec_outputs(first_run):
     assert h5.meta["provenance"]["target_prior"] == "flat" and h5.meta["provenance"]["config_digest"]
     for kind in ("flow", "mse", "dynamics/flow"):  # the default models: full flow, MSE baseline, dynamics flow
         assert (out / "model" / kind / "model.json").exists()
-    assert set(SPEC_COLUMNS + ["ood_score", "edge_mass", "flags", "model_inputs"]) <= set(h5.colnames)
+    assert {*SPEC_COLUMNS, "ood_score", "edge_mass", "flags", "model_inputs"} <= set(h5.colnames)
     import json
 
     metrics = json.loads((out / "validation" / "metrics.json").read_text())
