@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from features.config import ObserveSection
-from inference.config import CATALOG_MODELS
+from inference.config import CATALOG_MODELS, FAR_REDSHIFT_POLICIES
 from inference.priors import DEFAULT_PRIOR
 from ingest.config import SynthSection
 from ingest.synth.synthesize import OUTPUT_FORMATS
@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cluster centre in deg, deg and redshift (default: estimated from the members)")
     p.add_argument("--inputs", choices=["full", "richness", "dynamics"], default=None,
                    help="use the model of this feature set (default: the richest the members file can feed)")
+    p.add_argument("--far-redshift", choices=list(FAR_REDSHIFT_POLICIES), default=FAR_REDSHIFT_POLICIES[0],
+                   help="a cluster far from the model's snapshot redshift: answer with a REDSHIFT flag, or refuse")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", type=Path, default=None, help="draw the posterior PDF to this PNG")
     p.set_defaults(func=cmd_query)
@@ -437,7 +439,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from inference.query import query
 
-    result = query(args.model, args.members, prior=args.prior, inputs=args.inputs,
+    result = query(args.model, args.members, prior=args.prior, inputs=args.inputs, far_redshift=args.far_redshift,
                    centre=tuple(args.center) if args.center is not None else None)
     for note in result.warnings:
         print(note, file=sys.stderr)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from inference.priors import DEFAULT_PRIOR
 from pipeline.errors import ConfigError
 
+#: what query/infer do with a cluster far from the model's snapshot redshift: flag it (REDSHIFT) or refuse
+FAR_REDSHIFT_POLICIES = ("warn", "refuse")
 #: the density models a catalog can be filled from; the first is the default (it passes every per-bin bias check on
 #: the default run, the MDN misses one: README, Science)
 CATALOG_MODELS = ("flow", "mdn")

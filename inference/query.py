@@ -29,7 +29,8 @@ from pipeline.snapshot import Snapshot
 
 #: below this many members no posterior is given; below the training minimum, a warning
 ABSOLUTE_MIN_MEMBERS = 3
-#: a cluster further than this in redshift from the training snapshot gets a warning
+#: a cluster further than this in redshift from the training snapshot gets a warning (or, with
+#: ``far_redshift="refuse"``, no answer)
 REDSHIFT_TOLERANCE = 0.05
 
 
@@ -86,7 +87,8 @@ def _column(table, name: str, path: Path) -> np.ndarray:
 
 
 def query(model_path: str | os.PathLike[str], members_path: str | os.PathLike[str], *, prior: str = DEFAULT_PRIOR,
-          centre: tuple[float, float, float] | None = None, inputs: str | None = None) -> QueryResult:
+          centre: tuple[float, float, float] | None = None, inputs: str | None = None,
+          far_redshift: str = "warn") -> QueryResult:
     """The posterior of one cluster from a members file, by the richest model whose inputs the file provides.
 
     A members file with ``log10_mstar`` can be answered by a ``full`` model (stellar masses; it assumes a sample
@@ -94,13 +96,15 @@ def query(model_path: str | os.PathLike[str], members_path: str | os.PathLike[st
     and redshifts only). The summary says which model answered, why the others did not, what the selection cut,
     and the diagnostics of :mod:`inference.diagnostics` (``ood_score``, ``edge_mass``, ``flags``). ``inputs``: use
     the model of this feature set only (e.g. ``"dynamics"`` to ignore the stellar masses a file has).
+    ``far_redshift``: ``"warn"`` (flag REDSHIFT) or ``"refuse"`` when the cluster is further than
+    :data:`REDSHIFT_TOLERANCE` from the model's snapshot redshift.
     """
     path = Path(members_path)
     table = read_members(path)
     directory, description, feature_set, considered = choose_model(model_path, "log10_mstar" in table.colnames,
                                                                     members_path=path, only=inputs)
     return _answer(directory, description, feature_set, table, path, prior=prior, centre=centre,
-                   considered=considered)
+                   considered=considered, far_redshift=far_redshift)
 
 
 def choose_model(model_path: str | os.PathLike[str], has_mstar: bool, *, members_path: Path,
@@ -147,7 +151,8 @@ def _description(model_dir: Path) -> dict[str, Any]:
 
 
 def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, table, path: Path, *, prior: str,
-            centre: tuple[float, float, float] | None, considered: list[dict[str, Any]]) -> QueryResult:
+            centre: tuple[float, float, float] | None, considered: list[dict[str, Any]],
+            far_redshift: str = "warn") -> QueryResult:
     model: TrainedModel = load_model(model_dir)
     meta = description.get("observations") or {}
     if not meta.get("config") or not meta.get("snapshot"):
@@ -175,6 +180,10 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, tabl
     uses_mstar = feature_set in NEEDS_STELLAR_MASS or feature_set in NEEDS_COMPLETE_SAMPLE
     logm = _column(table, "log10_mstar", path) if "log10_mstar" in names else np.full(len(r_proj), np.nan)
     far = z_c is not None and abs(z_c - snap.redshift) > REDSHIFT_TOLERANCE
+    if far and far_redshift == "refuse":
+        raise InputError(path, f"cluster redshift {z_c:.3f} is more than {REDSHIFT_TOLERANCE} from the model's "
+                               f"snapshot z = {snap.redshift:.3f}; train at the cluster's redshift ([synth] redshift) "
+                               "or allow it with --far-redshift warn", column="z")
     if far:
         notes.append(f"warning: cluster redshift {z_c:.3f} is far from the model's snapshot z = "
                      f"{snap.redshift:.3f}; the posterior assumes the training redshift")

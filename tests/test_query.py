@@ -119,6 +119,9 @@ def test_warnings_where_an_answer_is_still_meaningful(trained, tmp_path, capsys)
     far = _write(tmp_path / "far.csv", ra=ra, dec=dec, z=z + 0.2, log10_mstar=m)
     code, _, err = _query(capsys, "--model", str(trained / "model"), "--members", str(far))
     assert code == 0 and "is far from the model's snapshot" in err
+    code, out, err = _query(capsys, "--model", str(trained / "model"), "--members", str(far), "--far-redshift",
+                            "refuse")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "column 'z'" in err and "[synth] redshift" in err
 
 
 @pytest.mark.parametrize(
