@@ -526,7 +526,8 @@ def _dry_run(config, out: Path) -> int:
         print(f"input: synthetic box, {s.box_size:g} Mpc/h, seed {s.seed}, format {s.format}")
     else:
         print(f"input: halos {config.input.halos}, galaxies {config.input.galaxies}")
-    print("model: " + (f"reuse {config.train.reuse}" if config.train.reuse else f"train {config.train.models}"))
+    print("model: " + (f"reuse {config.train.reuse}" if config.train.reuse else
+                       f"train {list(config.train.models)} on feature sets {list(config.train.feature_sets)}"))
     print(f"catalog prior: {config.infer.prior}; catalog model: {config.infer.model}")
     print(f"tasks run on: {describe(config.runner)}")
     if config.runner.kind == "slurm":
