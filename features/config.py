@@ -23,7 +23,8 @@ class ObserveSection:
     """``[observe]``: the cylinder, the lines of sight and the region decomposition, flat as in the TOML file.
 
     r_aperture : comoving Mpc/h; v_cut : km/s; min_members : fewest members an observation keeps;
-    log10_mstar_min : log10 Msun; host_log10_m200c_min, extra_log10_m200c_min : log10 Msun/h;
+    log10_mstar_min : log10 Msun; r_limit : apparent r-band limit at the snapshot's redshift (absent: none);
+    host_log10_m200c_min, extra_log10_m200c_min : log10 Msun/h;
     extra_directions : random lines of sight per host above extra_log10_m200c_min; los_seed : their seed;
     regions_per_side : columns per box side per line of sight; workers : threads running regions (speed only).
     """
@@ -33,6 +34,7 @@ class ObserveSection:
     min_members: int = default(CylinderSpec, "min_members")
     log10_mstar_min: float = default(CylinderSpec, "log10_mstar_min")
     host_log10_m200c_min: float = default(CylinderSpec, "host_log10_m200c_min")
+    r_limit: float | None = default(CylinderSpec, "r_limit")
     extra_directions: int = default(LineOfSightSpec, "extra_directions")
     extra_log10_m200c_min: float = default(LineOfSightSpec, "extra_log10_m200c_min")
     los_seed: int = default(LineOfSightSpec, "seed")
@@ -50,7 +52,7 @@ class ObserveSection:
         return ObservationConfig(
             cylinder=CylinderSpec(r_aperture=self.r_aperture, v_cut=self.v_cut, min_members=self.min_members,
                                   log10_mstar_min=self.log10_mstar_min,
-                                  host_log10_m200c_min=self.host_log10_m200c_min),
+                                  host_log10_m200c_min=self.host_log10_m200c_min, r_limit=self.r_limit),
             los=LineOfSightSpec(extra_directions=self.extra_directions,
                                 extra_log10_m200c_min=self.extra_log10_m200c_min, seed=self.los_seed),
             regions_per_side=self.regions_per_side,

@@ -35,6 +35,9 @@ class CylinderSpec:
     min_members : observations with fewer members are dropped (and counted)
     log10_mstar_min : galaxies with log10(obs_sm / Msun) below this are not observed
     host_log10_m200c_min : hosts are distinct halos with log10(M200c / (Msun/h)) at or above this
+    r_limit : None (default) or an apparent SDSS r-band limit (AB mag): galaxies fainter than it at the snapshot's
+        redshift are not observed either (absolute limit r_limit - distance modulus, no K-correction; the galaxy
+        catalog must carry ``mag_r``, as the synthetic box's HDF5 files do). SDSS's main sample: 17.77.
     """
 
     r_aperture: float = 1.6
@@ -42,6 +45,7 @@ class CylinderSpec:
     min_members: int = 10
     log10_mstar_min: float = 9.5
     host_log10_m200c_min: float = 13.5
+    r_limit: float | None = None
 
     def __post_init__(self) -> None:
         if not (self.r_aperture > 0 and math.isfinite(self.r_aperture)):
@@ -50,6 +54,8 @@ class CylinderSpec:
             raise ConfigError(f"cylinder: v_cut must be a positive velocity in km/s, got {self.v_cut}")
         if self.min_members < 1:
             raise ConfigError(f"cylinder: min_members must be >= 1, got {self.min_members}")
+        if self.r_limit is not None and not 10.0 < self.r_limit < 30.0:
+            raise ConfigError(f"cylinder: r_limit must be an apparent AB magnitude in (10, 30), got {self.r_limit}")
 
     def half_depth(self, snapshot: Snapshot) -> float:
         """Half-depth of the cylinder in redshift space, comoving Mpc/h."""

@@ -30,6 +30,7 @@ from features.cylinder import CylinderSpec, LineOfSightSpec, redshift_space, sea
 from features.definitions import FEATURES, compute_features
 from features.members import Members
 from features.regions import RegionGrid
+from features.sky import absolute_limit
 from ingest.catalog import Catalog
 from pipeline.errors import ClusterMassError, InputError
 from pipeline.snapshot import Snapshot
@@ -255,7 +256,17 @@ def _bucket_galaxies(galaxies: Catalog, spec: CylinderSpec, axes: Sequence[int],
                      directions: np.ndarray, extra_hosts: pd.DataFrame, hubble: float, reach: float,
                      scratch: Path) -> None:
     box = galaxies.snapshot.box_size
-    frame = galaxies.frame[list(GALAXY_COLUMNS)]
+    mag_r_max = None
+    columns = list(GALAXY_COLUMNS)
+    if spec.r_limit is not None:
+        if "mag_r" not in galaxies.frame.columns:
+            raise InputError(galaxies.path, f"[observe] r_limit = {spec.r_limit} needs an r-band absolute magnitude "
+                                            "per galaxy; this catalog has none (the synthetic box's HDF5 files do)",
+                             column="mag_r")
+        snap = galaxies.snapshot
+        mag_r_max = absolute_limit(spec.r_limit, snap.redshift, snap.cosmology)
+        columns.append("mag_r")
+    frame = galaxies.frame[columns]
     host_trees = []
     for n_hat in directions:
         if len(extra_hosts):
@@ -267,8 +278,8 @@ def _bucket_galaxies(galaxies: Catalog, spec: CylinderSpec, axes: Sequence[int],
         parts = frame.to_delayed()
         step = 2
         for start in range(0, len(parts), step):
-            chunk = dask.compute(*[dask.delayed(_bucketize)(p, spec.log10_mstar_min, tuple(axes), grid, directions,
-                                                            host_trees, hubble, reach, box)
+            chunk = dask.compute(*[dask.delayed(_bucketize)(p, spec.log10_mstar_min, mag_r_max, tuple(axes), grid,
+                                                            directions, host_trees, hubble, reach, box)
                                    for p in parts[start:start + step]], scheduler="threads")
             for buckets in chunk:
                 for (kind, key), records in buckets.items():
@@ -282,10 +293,14 @@ def _bucket_galaxies(galaxies: Catalog, spec: CylinderSpec, axes: Sequence[int],
             fh.close()
 
 
-def _bucketize(part: pd.DataFrame, log10_mstar_min: float, axes: tuple[int, ...], grid: RegionGrid,
-               directions: np.ndarray, host_trees: list, hubble: float, reach: float, box: float) -> dict:
+def _bucketize(part: pd.DataFrame, log10_mstar_min: float, mag_r_max: float | None, axes: tuple[int, ...],
+               grid: RegionGrid, directions: np.ndarray, host_trees: list, hubble: float, reach: float,
+               box: float) -> dict:
     sm = part["obs_sm"].to_numpy()
-    sel = np.flatnonzero(sm >= 10.0**log10_mstar_min)
+    observed = sm >= 10.0**log10_mstar_min
+    if mag_r_max is not None:  # a magnitude-limited survey at the snapshot's redshift
+        observed &= part["mag_r"].to_numpy() <= mag_r_max
+    sel = np.flatnonzero(observed)
     out: dict = {}
     if not len(sel):
         return out

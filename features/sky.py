@@ -55,3 +55,15 @@ def estimate_centre(ra: np.ndarray, dec: np.ndarray, z: np.ndarray) -> tuple[flo
     mean_ra = np.degrees(np.arctan2(np.mean(np.sin(ra_rad)), np.mean(np.cos(ra_rad))))
     unwrapped = (np.asarray(ra) - mean_ra + 180.0) % 360.0 - 180.0 + mean_ra
     return float(np.median(unwrapped) % 360.0), float(np.median(dec)), float(np.median(z))
+
+
+def distance_modulus(z: float, cosmology: Cosmology) -> float:
+    """5 log10(d_L / 10 pc) at redshift ``z`` [mag]: d_L = (1 + z) D_C, D_C of :func:`comoving_distance` / h in Mpc."""
+    d_l = (1.0 + z) * comoving_distance(z, cosmology) / cosmology.h
+    return 5.0 * np.log10(max(d_l, 1e-6)) + 25.0
+
+
+def absolute_limit(r_limit: float, z: float, cosmology: Cosmology) -> float:
+    """The absolute r-band magnitude [AB] a survey of apparent limit ``r_limit`` reaches at redshift ``z``
+    (no K-correction: below z ~ 0.12 it is under 0.1 mag for most galaxies)."""
+    return r_limit - distance_modulus(z, cosmology)

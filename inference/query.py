@@ -17,7 +17,7 @@ import numpy as np
 
 from features.definitions import compute_features
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS, feature_set_of
-from features.sky import estimate_centre, project
+from features.sky import absolute_limit, distance_modulus, estimate_centre, project
 from inference.diagnostics import OOD_LIMIT, edge_mass, flag_bits, flag_names, ood_score
 from inference.posterior import prepare, summary_columns
 from inference.priors import DEFAULT_PRIOR
@@ -193,6 +193,15 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, tabl
         below = inside & ~(logm >= cyl["log10_mstar_min"])
         cut["below_stellar_mass_floor"] = int(below.sum())
         inside &= logm >= cyl["log10_mstar_min"]
+    if cyl.get("r_limit") is not None:  # the model saw a magnitude-limited survey: apply its absolute limit
+        if "mag_r" not in names:
+            raise InputError(path, f"expected a mag_r column (apparent r, AB): the model was trained on galaxies "
+                                   f"brighter than r = {cyl['r_limit']} at z = {snap.redshift:.3f}", column="mag_r")
+        z_here = snap.redshift if z_c is None else z_c
+        absolute = _column(table, "mag_r", path) - distance_modulus(z_here, cosmology)
+        faint = inside & ~(absolute <= absolute_limit(cyl["r_limit"], snap.redshift, cosmology))
+        cut["fainter_than_the_model_limit"] = int(faint.sum())
+        inside &= ~faint
     if (~inside).any():
         what = (f"r_proj < {cyl['r_aperture']} Mpc/h, |v_los| < {cyl['v_cut']} km/s"
                 + (f", log10 M* >= {cyl['log10_mstar_min']}" if uses_mstar else ""))

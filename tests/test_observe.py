@@ -173,3 +173,24 @@ def test_plan_region_jobs_and_combine_reproduce_make_observations(tmp_path, box,
     assert not list((tmp_path / "plan").glob("bucket-*.bin"))
     with pytest.raises(InputError, match="bucket file missing"):
         observe_region(reloaded, reloaded.jobs[0])
+
+
+def test_a_magnitude_limited_survey_observes_only_galaxies_brighter_than_the_limit(box, observed):
+    """[observe] r_limit: at the snapshot's redshift r < 17.77 reaches M_r ~ -20.3 (h = 0.68), so cylinders keep
+    the bright members of the stellar-mass-selected ones and nothing fainter."""
+    from features.sky import absolute_limit, distance_modulus
+
+    halos, galaxies = box
+    snap = galaxies.snapshot
+    limited = make_observations(halos, galaxies, ObservationConfig(cylinder=CylinderSpec(r_limit=17.77),
+                                                                   los=LOS, regions_per_side=3))
+    limit = absolute_limit(17.77, snap.redshift, snap.cosmology)
+    assert distance_modulus(snap.redshift, snap.cosmology) == pytest.approx(
+        snap.cosmology.to_astropy().distmod(snap.redshift).value, abs=0.01)
+    g = galaxies.frame[["galaxy_id", "mag_r"]].compute().set_index("galaxy_id")
+    kept = limited.members.galaxy_id
+    assert len(kept) > 0 and np.all(g.loc[kept, "mag_r"].to_numpy() <= limit)
+    assert set(kept.tolist()) < set(observed.members.galaxy_id.tolist())
+    assert (limited.members.counts.sum() < observed.members.counts.sum())
+    with pytest.raises(ConfigError, match="r_limit"):
+        CylinderSpec(r_limit=5.0)

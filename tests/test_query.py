@@ -258,3 +258,31 @@ def test_infer_real_clusters_from_a_galaxy_table_and_centres(trained, tmp_path, 
     code = main(["infer", "--model", str(trained / "model"), "--members", str(galaxies), "--out", str(tmp_path)])
     _, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and "--clusters" in err
+
+
+def test_a_magnitude_limited_model_applies_its_limit_to_the_members(trained, tmp_path, capsys):
+    """A model trained on r < 17.77 at its snapshot cuts members fainter than that absolute limit, at the cluster's
+    own distance, and needs their apparent magnitudes."""
+    import shutil
+
+    from features.sky import absolute_limit, distance_modulus
+
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model" / "flow", model)
+    description = json.loads((model / "model.json").read_text())
+    description["observations"]["config"]["cylinder"]["r_limit"] = 17.77
+    (model / "model.json").write_text(json.dumps(description))
+    r, v, m, _ = _clusters(trained, 1)[0]
+    ra, dec, z = _to_sky(r, v)
+    limit = absolute_limit(17.77, ZC, MDPL2)
+    mag = np.where(np.arange(len(r)) % 4 == 0, limit + 1.0, limit - 1.0) + distance_modulus(ZC, MDPL2)
+    path = _write(tmp_path / "mags.csv", ra=ra, dec=dec, z=z, log10_mstar=m, mag_r=mag)
+    code, out, err = _query(capsys, "--model", str(model), "--members", str(path), "--json", "--center", str(RAC),
+                            str(DECC), str(ZC))
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["selection_cut"]["fainter_than_the_model_limit"] == len(r[::4])
+    assert s["n_members"] == len(r) - len(r[::4])
+    bare = _write(tmp_path / "bare.csv", ra=ra, dec=dec, z=z, log10_mstar=m)
+    code, _, err = _query(capsys, "--model", str(model), "--members", str(bare))
+    assert code == 2 and "mag_r" in err and err.count("\n") == 1
