@@ -1,7 +1,7 @@
 """The features stage's configuration section ``[observe]``: what a mock observation is and how it is computed.
 
 Every default comes from the specs it configures: :class:`features.cylinder.CylinderSpec` (the cylinder, after
-Ho et al. 2019), :class:`features.cylinder.LineOfSightSpec` and :class:`features.observe.ObservationConfig`.
+Ho et al. 2019), :class:`features.cylinder.LineOfSightSpec` and :class:`features.cylinder.ObservationConfig`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from features.cylinder import CylinderSpec, LineOfSightSpec
-from features.observe import ObservationConfig
+from features.cylinder import CylinderSpec, LineOfSightSpec, ObservationConfig
 from pipeline.config import default
 from pipeline.errors import ConfigError
 

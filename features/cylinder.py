@@ -17,7 +17,7 @@ Units: positions comoving Mpc/h, velocities physical km/s, ``hubble`` = a H(z) /
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -103,6 +103,20 @@ class LineOfSightSpec:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"extra_unit_vectors": self.directions().tolist()}
+
+
+@dataclass(frozen=True)
+class ObservationConfig:
+    """Everything that defines the mock observations (units as in :class:`CylinderSpec`); ``regions_per_side``:
+    columns per box side per line of sight of the region decomposition (:mod:`features.observe`)."""
+
+    cylinder: CylinderSpec = field(default_factory=CylinderSpec)
+    los: LineOfSightSpec = field(default_factory=LineOfSightSpec)
+    regions_per_side: int = 4
+
+    def to_dict(self) -> dict:
+        return {"cylinder": self.cylinder.to_dict(), "los": self.los.to_dict(),
+                "regions_per_side": self.regions_per_side}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
@@ -26,7 +26,13 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from features.cylinder import CylinderSpec, LineOfSightSpec, redshift_space, search_axis, search_direction
+from features.cylinder import (
+    CylinderSpec,
+    ObservationConfig,
+    redshift_space,
+    search_axis,
+    search_direction,
+)
 from features.definitions import FEATURES, compute_features
 from features.members import Members
 from features.regions import RegionGrid
@@ -39,21 +45,10 @@ AXIS_RECORD = np.dtype([("galaxy_id", "<i8"), ("upid", "<i8"), ("u", "<f4"), ("v
                         ("log10_mstar", "<f4")])
 DIRECTION_RECORD = np.dtype([("galaxy_id", "<i8"), ("upid", "<i8"), ("s", "<f4", (3,)), ("log10_mstar", "<f4")])
 
+#: the mock observations of Ho et al. (2019) (every default of :class:`ObservationConfig`)
+DEFAULT_CONFIG = ObservationConfig()
 HOST_COLUMNS = ("halo_id", "upid", "m200c", "mvir", "x", "y", "z", "vx", "vy", "vz")
 GALAXY_COLUMNS = ("galaxy_id", "upid", "x", "y", "z", "vx", "vy", "vz", "obs_sm")
-
-
-@dataclass(frozen=True)
-class ObservationConfig:
-    """Everything that defines the mock observations (units as in :class:`CylinderSpec`)."""
-
-    cylinder: CylinderSpec = field(default_factory=CylinderSpec)
-    los: LineOfSightSpec = field(default_factory=LineOfSightSpec)
-    regions_per_side: int = 4
-
-    def to_dict(self) -> dict:
-        return {"cylinder": self.cylinder.to_dict(), "los": self.los.to_dict(),
-                "regions_per_side": self.regions_per_side}
 
 
 @dataclass(frozen=True)
@@ -224,7 +219,7 @@ def remove_buckets(directory: str | Path) -> None:
 def make_observations(
     halos: Catalog,
     galaxies: Catalog,
-    config: ObservationConfig = ObservationConfig(),
+    config: ObservationConfig = DEFAULT_CONFIG,
     *,
     scratch: str | Path | None = None,
     scheduler: str = "threads",
