@@ -81,9 +81,10 @@ def _valid_sky(path: Path, ra: np.ndarray, dec: np.ndarray, z: np.ndarray, what:
 
 def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.PathLike[str],
                  model_path: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                 prior: str = DEFAULT_PRIOR) -> RealReport:
+                 prior: str = DEFAULT_PRIOR, far_redshift: str = "warn") -> RealReport:
     """Posterior mass catalogs ``out/catalog.h5`` and ``out/catalog.fits`` of the clusters of ``clusters_path``
-    from the galaxies of ``members_path`` (see the module docstring)."""
+    from the galaxies of ``members_path`` (see the module docstring). ``far_redshift``: ``"warn"`` flags
+    (REDSHIFT) clusters further than the tolerance from the model's snapshot redshift, ``"refuse"`` skips them."""
     gpath, cpath, out = Path(members_path), Path(clusters_path), Path(out)
     galaxies, clusters = read_members(gpath), read_members(cpath)
     has_mstar = "log10_mstar" in galaxies.colnames
@@ -122,6 +123,12 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
             c_ok[row] = False
         seen.add(int(ids[row]))
 
+    if far_redshift == "refuse":
+        for row in np.flatnonzero(c_ok & (np.abs(c_z - snap.redshift) > REDSHIFT_TOLERANCE)):
+            skipped_clusters.append(f"{cpath}: column 'z', row {row + 1} (id {int(ids[row])}): cluster skipped, "
+                                    f"z = {c_z[row]:.3f} is more than {REDSHIFT_TOLERANCE} from the model's snapshot "
+                                    f"z = {snap.redshift:.3f} (--far-redshift refuse)")
+            c_ok[row] = False
     gi = np.flatnonzero(g_ok)
     rows, offsets, r_all, v_all, m_all = [], [0], [], [], []
     for row in np.flatnonzero(c_ok):

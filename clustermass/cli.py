@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                            observations_required=False)
     p.add_argument("--members", type=Path, default=None, help="galaxy table of real clusters (with --clusters)")
     p.add_argument("--clusters", type=Path, default=None, help="cluster centres: id, ra, dec, z (with --members)")
+    p.add_argument("--far-redshift", choices=list(FAR_REDSHIFT_POLICIES), default=FAR_REDSHIFT_POLICIES[0],
+                   help="real clusters far from the model's snapshot redshift: flag them (REDSHIFT), or skip them")
     p.add_argument("--held-out-only", action="store_true", help="only the hosts the model never saw in training")
     p.set_defaults(func=cmd_infer)
 
@@ -397,7 +399,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def _infer_real(args: argparse.Namespace, start: float) -> int:
     from catalogs.real import real_catalog
 
-    report = real_catalog(args.members, args.clusters, args.model, args.out, prior=args.prior)
+    report = real_catalog(args.members, args.clusters, args.model, args.out, prior=args.prior,
+                          far_redshift=args.far_redshift)
     for line in [*report.skipped_galaxies, *report.skipped_clusters]:
         print(f"skipped: {line}", file=sys.stderr)
     for path in report.paths:

@@ -254,6 +254,19 @@ def test_infer_real_clusters_from_a_galaxy_table_and_centres(trained, tmp_path, 
     assert set(cat["model_inputs"]) == {1} and "flags" in cat.colnames and "ood_score" in cat.colnames
     assert np.all(cat["log10_m200c_p025"] <= cat["log10_m200c_mode"])
     assert "dynamics" in out
+    assert np.all(cat["flags"] & 8 == 0)  # at the snapshot's redshift: no REDSHIFT flag
+    # a cluster far from the snapshot: flagged by default, skipped and named with --far-redshift refuse
+    far_table = tmp_path / "far.csv"
+    far_table.write_text("id,ra,dec,z\n" + "".join(f"{i},{a},{d},{zz}\n" for i, a, d, zz in centres)
+                         + f"300,{RAC + 40.0},{DECC},{ZC + 0.2}\n")
+    far_gal = _write(tmp_path / "far_galaxies.csv", ra=np.concatenate((ra[1:], ra_all[0] + 40.0)),
+                     dec=np.concatenate((dec[1:], dec_all[0])), z=np.concatenate((z[1:], z_all[0] + 0.2)))
+    code = main(["infer", "--model", str(trained / "model"), "--members", str(far_gal), "--clusters", str(far_table),
+                 "--out", str(tmp_path / "far"), "--far-redshift", "refuse"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "row 4 (id 300): cluster skipped" in err and "--far-redshift refuse" in err
+    assert sorted(read_catalog(tmp_path / "far" / "catalog.h5")["cluster_id"]) == [100, 101, 102]
     # both modes at once is a usage error, one line
     code = main(["infer", "--model", str(trained / "model"), "--members", str(galaxies), "--out", str(tmp_path)])
     _, err = capsys.readouterr()
