@@ -25,12 +25,11 @@ import numpy as np
 
 from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
-from catalogs.stage import CHUNK, catalog_columns
+from catalogs.stage import CHUNK, Diagnostics, catalog_columns
 from features.definitions import compute_features
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS
 from features.sky import angular_separation, comoving_distance
 from features.sky import project as sky_project
-from inference.diagnostics import edge_mass, flag_bits, ood_score
 from inference.posterior import SUMMARY_COLUMNS, prepare
 from inference.priors import DEFAULT_PRIOR
 from inference.query import ABSOLUTE_MIN_MEMBERS, REDSHIFT_TOLERANCE, choose_model, read_members
@@ -170,7 +169,6 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
                           "n_members": n_members.astype(np.int32),
                           "sigma_v_biweight": np.asarray(feats["sigma_v_biweight"])[keep]})
     setup = prepare(model, prior, snapshot=snap)
-    lo_hi = description.get("training_members") or [cyl["min_members"], None]
     far = np.abs(c_z[rows_arr] - snap.redshift) > REDSHIFT_TOLERANCE
     provenance = {
         "code_version": code_version(), "config_digest": "", "model": str(directory),
@@ -183,18 +181,12 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
     }
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "catalog.h5", out / "catalog.fits"]
-    stats = description.get("typicality")
+    diagnose = Diagnostics(description, CODES[feature_set], uses_mstar)
     with HDF5CatalogWriter(paths[0], len(table), setup.grid, _names(table, setup.grid), provenance) as h5, \
             FITSCatalogWriter(paths[1], len(table), setup.grid, _names(table, setup.grid), provenance) as fits:
         for block in setup.blocks(x, chunk=CHUNK):
             sl = slice(block.start, block.start + len(block.pdf))
-            ood = ood_score(x[sl], stats) if stats else np.ones(len(block.pdf))
-            edge = edge_mass(setup.grid, block.pdf)
-            count = table["n_members"].to_numpy()[sl]
-            rich = (count > lo_hi[1]) & uses_mstar if lo_hi[1] is not None else np.zeros(len(count), bool)
-            diag = {"ood_score": ood.astype(np.float32), "edge_mass": edge.astype(np.float32),
-                    "flags": flag_bits(ood, edge, few_members=count < lo_hi[0], far_redshift=far[sl], rich=rich),
-                    "model_inputs": np.full(len(count), CODES[feature_set], np.int16)}
+            diag = diagnose(x[sl], setup.grid, block.pdf, table.iloc[sl], far_redshift=far[sl])
             cols = catalog_columns(table.iloc[sl], block.values, block.pdf, diag)
             h5.append(cols)
             fits.append(cols)

@@ -99,7 +99,9 @@ class Diagnostics:
         self.code = code
         self.uses_richness = uses_richness
 
-    def __call__(self, x: np.ndarray, grid: np.ndarray, pdf: np.ndarray, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    def __call__(self, x: np.ndarray, grid: np.ndarray, pdf: np.ndarray, rows: pd.DataFrame, *,
+                 far_redshift: np.ndarray | bool = False) -> dict[str, np.ndarray]:
+        """The columns of rows with features ``x`` (raw), posteriors ``pdf`` on ``grid`` and catalog ``rows``."""
         n = len(x)
         ood = ood_score(x, self.stats) if self.stats else np.ones(n)
         edge = edge_mass(grid, pdf)
@@ -107,7 +109,7 @@ class Diagnostics:
         few = count < self.members[0] if self.members else np.zeros(n, bool)
         rich = (count > self.members[1]) & self.uses_richness if self.members else np.zeros(n, bool)
         return {"ood_score": ood.astype(np.float32), "edge_mass": edge.astype(np.float32),
-                "flags": flag_bits(ood, edge, few_members=few, rich=rich),
+                "flags": flag_bits(ood, edge, few_members=few, far_redshift=far_redshift, rich=rich),
                 "model_inputs": np.full(n, self.code, np.int16)}
 
 
