@@ -27,12 +27,13 @@ from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
 from catalogs.stage import CHUNK, Diagnostics, catalog_columns
 from features.definitions import compute_features
-from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS
+from features.sets import CODES, INPUTS
 from features.sky import angular_separation, comoving_distance
 from features.sky import project as sky_project
 from inference.posterior import SUMMARY_COLUMNS, prepare
 from inference.priors import DEFAULT_PRIOR
 from inference.query import ABSOLUTE_MIN_MEMBERS, REDSHIFT_TOLERANCE, choose_model, read_members
+from inference.selection import require_magnitudes, select_members, uses_stellar_masses
 from models.io import load_model
 from pipeline.errors import InputError
 from pipeline.provenance import code_version, model_digest, now
@@ -94,11 +95,13 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
         raise InputError(directory, "the model does not record its cylinder and snapshot; retrain it")
     cyl = meta["config"]["cylinder"]
     snap = Snapshot.from_dict(meta["snapshot"])
-    uses_mstar = feature_set in NEEDS_STELLAR_MASS or feature_set in NEEDS_COMPLETE_SAMPLE
+    uses_mstar = uses_stellar_masses(feature_set)
+    require_magnitudes(cyl, snap, "mag_r" in galaxies.colnames, gpath)
 
     g_ra, g_dec, g_z = (_numbers(galaxies, k, gpath) for k in ("ra", "dec", "z"))
     g_ok, g_problems = _valid_sky(gpath, g_ra, g_dec, g_z, "galaxy")
     g_m = _numbers(galaxies, "log10_mstar", gpath) if has_mstar else np.full(len(g_ra), np.nan)
+    g_mag = _numbers(galaxies, "mag_r", gpath) if "mag_r" in galaxies.colnames else None
     if uses_mstar:
         linear = g_ok & (g_m > 20)
         if linear.any():
@@ -136,9 +139,8 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
         theta_max = 1.5 * cyl["r_aperture"] / max(comoving_distance(centre[2], snap.cosmology), 1e-6)
         near = gi[angular_separation(g_ra[gi], g_dec[gi], centre[0], centre[1]) < theta_max]
         r, v = sky_project(g_ra[near], g_dec[near], g_z[near], centre, snap.cosmology)
-        inside = (r < cyl["r_aperture"]) & (np.abs(v) < cyl["v_cut"])
-        if uses_mstar:
-            inside &= g_m[near] >= cyl["log10_mstar_min"]
+        inside, _ = select_members(cyl, snap, feature_set, r, v, g_m[near],
+                                   None if g_mag is None else g_mag[near], centre[2])
         if inside.sum() < ABSOLUTE_MIN_MEMBERS:
             skipped_clusters.append(f"{cpath}: row {row + 1} (id {int(ids[row])}): cluster skipped, only "
                                     f"{int(inside.sum())} members inside the model's selection; expected at least "

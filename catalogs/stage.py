@@ -19,7 +19,7 @@ from catalogs.hdf5 import HDF5CatalogWriter
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, feature_set_of
 from inference.diagnostics import edge_mass, flag_bits, ood_score
 from inference.posterior import SUMMARY_COLUMNS, prepare, summary_columns
-from models.io import MODEL_JSON
+from models.io import read_description
 from models.model import TARGET, TrainedModel
 from models.stage import load_models
 from pipeline.errors import InputError
@@ -68,7 +68,7 @@ def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: s
     if missing:
         raise InputError(model_dir / main, f"the observations lack the model's features {missing}")
     setup = prepare(model, prior, snapshot=snapshot)
-    description = json.loads((model_dir / main / MODEL_JSON).read_text())
+    description = read_description(model_dir / main)
     feature_set = description.get("feature_set") or feature_set_of(model.feature_names)
     provenance = provenance_for(model_dir, main, models, setup.target.name, snapshot, rows, config_digest)
     provenance["model_inputs"] = f"{feature_set}: {INPUTS[feature_set]}"

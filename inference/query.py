@@ -6,7 +6,6 @@ model.json), then the model's posterior is corrected to the chosen prior on the 
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -17,11 +16,13 @@ import numpy as np
 
 from features.definitions import compute_features
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS, feature_set_of
-from features.sky import absolute_limit, distance_modulus, estimate_centre, project
+from features.sky import estimate_centre, project
 from inference.diagnostics import OOD_LIMIT, edge_mass, flag_bits, flag_names, ood_score
 from inference.posterior import prepare, summary_columns
 from inference.priors import DEFAULT_PRIOR
-from models.io import MODEL_JSON, load_model
+from inference.selection import describe as describe_selection
+from inference.selection import require_magnitudes, select_members, uses_stellar_masses
+from models.io import MODEL_JSON, load_model, read_description
 from models.model import TrainedModel
 from pipeline.cosmology import Cosmology
 from pipeline.errors import InputError
@@ -115,7 +116,7 @@ def choose_model(model_path: str | os.PathLike[str], has_mstar: bool, *, members
     considered: list[dict[str, Any]] = []
     chosen = None
     for directory in candidate_models(model_path):
-        description = _description(directory)
+        description = read_description(directory)
         feature_set = description.get("feature_set") or feature_set_of(description.get("features", []))
         if only is not None and feature_set != only:
             considered.append({"model": str(directory), "feature_set": feature_set, "used": False,
@@ -141,13 +142,6 @@ def choose_model(model_path: str | os.PathLike[str], has_mstar: bool, *, members
                                        "stellar-mass features (train a dynamics model, [train] feature_sets, to answer "
                                        "without it)", column="log10_mstar")
     return (*chosen, considered)
-
-
-def _description(model_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((model_dir / MODEL_JSON).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(model_dir / MODEL_JSON, f"cannot read the model description ({exc})") from None
 
 
 def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, table, path: Path, *, prior: str,
@@ -177,7 +171,7 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, tabl
     else:
         raise InputError(path, f"expected columns r_proj [Mpc/h] and v_los [km/s], or ra, dec [deg] and z; found "
                                f"{sorted(names)}")
-    uses_mstar = feature_set in NEEDS_STELLAR_MASS or feature_set in NEEDS_COMPLETE_SAMPLE
+    uses_mstar = uses_stellar_masses(feature_set)
     logm = _column(table, "log10_mstar", path) if "log10_mstar" in names else np.full(len(r_proj), np.nan)
     far = z_c is not None and abs(z_c - snap.redshift) > REDSHIFT_TOLERANCE
     if far and far_redshift == "refuse":
@@ -187,24 +181,11 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, tabl
     if far:
         notes.append(f"warning: cluster redshift {z_c:.3f} is far from the model's snapshot z = "
                      f"{snap.redshift:.3f}; the posterior assumes the training redshift")
-    inside = (r_proj < cyl["r_aperture"]) & (np.abs(v_los) < cyl["v_cut"])
-    cut = {"outside_aperture_or_velocity_window": int((~inside).sum())}
-    if uses_mstar:
-        below = inside & ~(logm >= cyl["log10_mstar_min"])
-        cut["below_stellar_mass_floor"] = int(below.sum())
-        inside &= logm >= cyl["log10_mstar_min"]
-    if cyl.get("r_limit") is not None:  # the model saw a magnitude-limited survey: apply its absolute limit
-        if "mag_r" not in names:
-            raise InputError(path, f"expected a mag_r column (apparent r, AB): the model was trained on galaxies "
-                                   f"brighter than r = {cyl['r_limit']} at z = {snap.redshift:.3f}", column="mag_r")
-        z_here = snap.redshift if z_c is None else z_c
-        absolute = _column(table, "mag_r", path) - distance_modulus(z_here, cosmology)
-        faint = inside & ~(absolute <= absolute_limit(cyl["r_limit"], snap.redshift, cosmology))
-        cut["fainter_than_the_model_limit"] = int(faint.sum())
-        inside &= ~faint
+    require_magnitudes(cyl, snap, "mag_r" in names, path)
+    mag_r = _column(table, "mag_r", path) if "mag_r" in names else None
+    inside, cut = select_members(cyl, snap, feature_set, r_proj, v_los, logm, mag_r, z_c)
     if (~inside).any():
-        what = (f"r_proj < {cyl['r_aperture']} Mpc/h, |v_los| < {cyl['v_cut']} km/s"
-                + (f", log10 M* >= {cyl['log10_mstar_min']}" if uses_mstar else ""))
+        what = describe_selection(cyl, feature_set)
         notes.append(f"selection: {int((~inside).sum())} of {len(inside)} members fall outside the model's selection "
                      f"({what}) and were dropped")
     r_proj, v_los, logm = r_proj[inside], v_los[inside], logm[inside]

@@ -7,7 +7,6 @@ writes ``metrics.json`` and the PNG plots (:mod:`inference.plots`); :func:`valid
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from inference.metrics import (
 )
 from inference.posterior import prepare
 from inference.priors import DEFAULT_PRIOR
-from models.io import MODEL_JSON, load_model
+from models.io import MODEL_JSON, load_model, read_description
 from models.model import TARGET, TrainedModel, predict_point
 from models.msigma import FEATURE as MSIGMA_FEATURE
 from models.msigma import PURE_FEATURE, MSigmaFit
@@ -175,7 +174,7 @@ def validate_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out_d
     kind = validation.metrics["main_model"]
     dynamics_dir = model_dir / "dynamics" / kind
     if members is not None and (dynamics_dir / MODEL_JSON).is_file():
-        description = json.loads((dynamics_dir / MODEL_JSON).read_text())
+        description = read_description(dynamics_dir)
         cylinder = description["observations"]["config"]["cylinder"]
         validation.metrics["dynamics_thinned"] = evaluate_thinned(
             table, members, load_model(dynamics_dir), min_members=int(description["selection"]["min_members"]),

@@ -81,16 +81,26 @@ def save_model(directory: str | os.PathLike[str], model: TrainedModel, *,
     return target
 
 
-def load_model(directory: str | os.PathLike[str], *, features: Sequence[str] | None = None) -> TrainedModel:
-    """Read a model written by :func:`save_model`. ``features``: the caller's feature names, which must match."""
+def read_description(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``model.json`` of a model directory (format checked by :func:`load_model`, not here)."""
     d = Path(directory)
     meta_path = d / MODEL_JSON
     if not meta_path.is_file():
         raise InputError(d, f"not a clustermass model directory (no {MODEL_JSON})")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(meta_path, f"is not valid JSON ({exc.msg}, line {exc.lineno}); corrupted?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(meta_path, f"is not valid JSON ({exc}); corrupted?") from None
+    if not isinstance(meta, dict):
+        raise InputError(meta_path, f"expected a JSON object, found {type(meta).__name__}")
+    return meta
+
+
+def load_model(directory: str | os.PathLike[str], *, features: Sequence[str] | None = None) -> TrainedModel:
+    """Read a model written by :func:`save_model`. ``features``: the caller's feature names, which must match."""
+    d = Path(directory)
+    meta_path = d / MODEL_JSON
+    meta = read_description(d)
     if meta.get("format") != FORMAT:
         raise InputError(meta_path, f"expected format '{FORMAT}', found {meta.get('format')!r}")
     if meta.get("format_version") != FORMAT_VERSION:

@@ -299,3 +299,13 @@ def test_a_magnitude_limited_model_applies_its_limit_to_the_members(trained, tmp
     bare = _write(tmp_path / "bare.csv", ra=ra, dec=dec, z=z, log10_mstar=m)
     code, _, err = _query(capsys, "--model", str(model), "--members", str(bare))
     assert code == 2 and "mag_r" in err and err.count("\n") == 1
+    # infer for many clusters applies the same selection
+    from catalogs.io import read_catalog
+
+    centres = tmp_path / "centres.csv"
+    centres.write_text(f"id,ra,dec,z\n7,{RAC},{DECC},{ZC}\n")
+    code = main(["infer", "--model", str(model), "--members", str(path), "--clusters", str(centres), "--out",
+                 str(tmp_path / "cat")])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert read_catalog(tmp_path / "cat" / "catalog.h5")["n_members"][0] == len(r) - len(r[::4])
