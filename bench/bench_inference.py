@@ -1,10 +1,11 @@
-"""Benchmark: posterior throughput (observations/s) on the 512-point grid, with the interim-prior correction.
+"""Benchmark: posterior throughput (observations/s) on the default grid (inference.posterior.GRID_POINTS, 256 since
+2026-12-02; 512 before), with the interim-prior correction.
 
     .venv/bin/python bench/bench_inference.py
 
 Times the correction + normalisation + summaries alone (given network log densities), and the whole path from raw
 features through an MDN (one member and a 3-member ensemble) to corrected posteriors and summaries, in chunks.
-Goal (issue 5): >= 80 k observations/s on 2 CPU cores with the 512-point grid.
+Goal (issue 5): >= 80 k observations/s on 2 CPU cores (set then for the 512-point grid).
 """
 
 from __future__ import annotations
