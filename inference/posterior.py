@@ -15,7 +15,10 @@ Units: log10 M200c in dex of Msun/h; densities per dex.
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -25,7 +28,7 @@ import numpy as np
 
 from inference import summaries
 from inference.priors import TargetPrior, resolve
-from models.model import TrainedModel, log_prob_grid
+from models.model import TrainedModel, grid_density
 from pipeline.snapshot import Snapshot
 
 P_TRAIN_FLOOR = 1e-3
@@ -114,21 +117,53 @@ class PosteriorBlock:
     raw_pdf: np.ndarray | None = None
 
 
+def _workers() -> int:
+    """Blocks evaluated at once: XLA runs each block's fused loops on one core, so blocks go side by side, one per
+    core this process may use (at most 8)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
 def iter_posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,
                     chunk: int = 1024, with_raw: bool = False) -> Iterator[PosteriorBlock]:
-    """Posteriors of raw feature rows ``x`` (N, F) under ``prior``, block by block (memory: one block).
+    """Posteriors of raw feature rows ``x`` (N, F) under ``prior``, block by block, in order.
 
-    The network runs once per row; with ``with_raw`` each block also carries the uncorrected posterior.
+    Every network of the predictive mixture runs once per row (:func:`models.model.grid_density`); blocks of
+    ``chunk`` rows (the last padded, so one shape compiles) are evaluated on a few threads at once (one per usable
+    core). Each block's numbers do not depend on how many run at once. Memory: a few blocks. With ``with_raw``
+    each block also carries the uncorrected posterior.
     """
     ratio = jnp.asarray(log_prior_ratio(p_train_on(model, grid), prior), dtype=jnp.float32)
     g = jnp.asarray(grid, dtype=jnp.float32)
-    for start in range(0, len(x), chunk):
-        xb = x[start:start + chunk]
-        log_q = log_prob_grid(model, xb, grid, chunk=chunk)
-        out = posterior_block(jnp.asarray(log_q), ratio, g)
-        values = {k: np.asarray(v, dtype=np.float32) for k, v in out.items() if k not in ("pdf", "raw_pdf")}
-        raw = np.asarray(out["raw_pdf"], dtype=np.float32) if with_raw else None
-        yield PosteriorBlock(start, np.asarray(out["pdf"], dtype=np.float32), values, raw)
+    density = grid_density(model, grid)
+    n = len(x)
+
+    def block(start: int) -> PosteriorBlock:
+        xb = np.asarray(x[start:start + chunk])
+        rows = len(xb)
+        if rows < chunk and n > chunk:
+            xb = np.pad(xb, ((0, chunk - rows), (0, 0)))
+        out = posterior_block(density(xb), ratio, g)
+        values = {k: np.asarray(v[:rows], dtype=np.float32) for k, v in out.items() if k not in ("pdf", "raw_pdf")}
+        raw = np.asarray(out["raw_pdf"][:rows], dtype=np.float32) if with_raw else None
+        return PosteriorBlock(start, np.asarray(out["pdf"][:rows], dtype=np.float32), values, raw)
+
+    starts = range(0, n, chunk)
+    workers = min(_workers(), len(starts))
+    if workers <= 1:
+        yield from map(block, starts)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[PosteriorBlock]] = deque()
+        for start in starts:
+            pending.append(pool.submit(block, start))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,

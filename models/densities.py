@@ -41,7 +41,8 @@ def log_prob_grid(spec: ModelSpec, out: Any, grid: jax.Array) -> jax.Array:
         comp = -0.5 * z * z - jnp.log(out.scales[:, None, :]) - 0.5 * jnp.log(2 * jnp.pi)
         logw = jax.nn.log_softmax(out.logits, axis=-1)[:, None, :]
         return jax.nn.logsumexp(comp + logw, axis=-1)
-    # flow: evaluate each row's transform at every grid point
-    b, g = out.shift.shape[0], grid.shape[0]
-    rep = jax.tree_util.tree_map(lambda a: jnp.repeat(a, g, axis=0), out)
-    return log_prob(spec, rep, jnp.tile(grid, b)).reshape(b, g)
+    if spec.kind == "flow":
+        from models.flow import flow_log_prob_grid
+
+        return flow_log_prob_grid(out, grid, bound=spec.bound)
+    raise ValueError(f"a '{spec.kind}' model has no density")

@@ -128,13 +128,79 @@ def _apply(params: Any, x: jax.Array, key: jax.Array, *, spec: ModelSpec, determ
     return Network(spec).apply({"params": params}, x, deterministic=deterministic, rngs=rngs)
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def _grid_logp(out: Any, grid_std: jax.Array, *, spec: ModelSpec) -> jax.Array:
-    return densities.log_prob_grid(spec, out, grid_std)
-
-
 def _passes(model: TrainedModel) -> int:
     return model.train.mc_samples if model.spec.dropout > 0 else 1
+
+
+@dataclass(frozen=True)
+class WeightSets:
+    """The networks whose equal-weight mixture is the predictive density, stacked on a leading axis of length D.
+
+    ``params``: every leaf (D, ...); ``keys``: (D, 2) dropout keys (unused when ``deterministic``). An ensemble of
+    M members gives D = M; MC dropout with P passes gives D = M x P (each member's parameters repeated, one dropout
+    key per pass, the same masks for every block of rows).
+    """
+
+    params: Any
+    keys: jax.Array
+    deterministic: bool
+
+    @property
+    def size(self) -> int:
+        return int(self.keys.shape[0])
+
+
+def weight_sets(model: TrainedModel, *, seed: int = 0) -> WeightSets:
+    """The stacked weight sets of ``model``'s predictive mixture (see :class:`WeightSets`)."""
+    passes = _passes(model)
+    draws = [params for params in model.members for _ in range(passes)]
+    stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack([jnp.asarray(a) for a in leaves]), *draws)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(draws))
+    return WeightSets(stacked, keys, deterministic=passes == 1)
+
+
+@partial(jax.jit, static_argnames=("spec", "deterministic"))
+def _mixture_log_q(params: Any, keys: jax.Array, xs: jax.Array, grid_std: jax.Array, log_norm: jax.Array, *,
+                   spec: ModelSpec, deterministic: bool) -> jax.Array:
+    """log of the equal-weight mixture over the D stacked networks on the grid, per dex: (B, G)."""
+
+    per_draw = []
+    for d in range(keys.shape[0]):  # unrolled: XLA's CPU backend runs a vmapped (batched) version 3x slower
+        rngs = None if deterministic else {"dropout": keys[d]}
+        p = jax.tree_util.tree_map(lambda a, d=d: a[d], params)
+        out = Network(spec).apply({"params": p}, xs, deterministic=deterministic, rngs=rngs)
+        per_draw.append(densities.log_prob_grid(spec, out, grid_std))
+    return jax.nn.logsumexp(jnp.stack(per_draw), axis=0) - log_norm
+
+
+@dataclass(frozen=True)
+class GridDensity:
+    """``log q(log10 M = grid_j | x_i)`` per dex of a density model, ready to evaluate block after block.
+
+    Made by :func:`grid_density`. Calling it on raw features (B, F) runs every network of the predictive mixture
+    once per row (one compiled function for all of them; the mixture or spline is then evaluated on the grid) and
+    returns a (B, G) float32 JAX array, left on the device so that later steps fuse without a host round trip.
+    """
+
+    model: TrainedModel
+    weights: WeightSets
+    grid_std: jax.Array
+    log_norm: jax.Array
+
+    def __call__(self, x: np.ndarray) -> jax.Array:
+        xs = jnp.asarray(self.model.x_scaler.transform(np.asarray(x)))
+        return _mixture_log_q(self.weights.params, self.weights.keys, xs, self.grid_std, self.log_norm,
+                              spec=self.model.spec, deterministic=self.weights.deterministic)
+
+
+def grid_density(model: TrainedModel, grid: np.ndarray, *, seed: int = 0) -> GridDensity:
+    """The :class:`GridDensity` of ``model`` on ``grid`` (log10 M200c [Msun/h], (G,))."""
+    if not model.spec.is_density:
+        raise ValueError(f"a '{model.spec.kind}' model predicts points, not densities")
+    weights = weight_sets(model, seed=seed)
+    grid_std = jnp.asarray((np.asarray(grid, dtype=np.float64) - model.y_mean) / model.y_std, dtype=jnp.float32)
+    log_norm = jnp.asarray(np.log(weights.size) + np.log(model.y_std), dtype=jnp.float32)
+    return GridDensity(model, weights, grid_std, log_norm)
 
 
 def log_prob_grid(model: TrainedModel, x: np.ndarray, grid: np.ndarray, *, chunk: int = 1024,
@@ -143,27 +209,14 @@ def log_prob_grid(model: TrainedModel, x: np.ndarray, grid: np.ndarray, *, chunk
 
     Chunks have a fixed size (the last is padded) so each shape compiles once.
     """
-    if not model.spec.is_density:
-        raise ValueError(f"a '{model.spec.kind}' model predicts points, not densities")
-    xs = model.x_scaler.transform(np.asarray(x))
-    grid_std = jnp.asarray((np.asarray(grid, dtype=np.float64) - model.y_mean) / model.y_std, dtype=jnp.float32)
-    n = len(xs)
+    density = grid_density(model, grid, seed=seed)
+    n = len(x)
     out = np.empty((n, len(grid)), dtype=np.float32)
-    passes = _passes(model)
-    log_norm = np.log(len(model.members) * passes) + np.log(model.y_std)
-    key = jax.random.PRNGKey(seed)
     for start in range(0, n, chunk):
-        xb = xs[start:start + chunk]
+        xb = np.asarray(x[start:start + chunk])
         pad = chunk - len(xb) if n > chunk else 0
         xb = np.pad(xb, ((0, pad), (0, 0))) if pad else xb
-        acc = None
-        for params in model.members:
-            for _ in range(passes):
-                key, sub = jax.random.split(key)
-                o = _apply(params, jnp.asarray(xb), sub, spec=model.spec, deterministic=passes == 1)
-                lp = _grid_logp(o, grid_std, spec=model.spec)
-                acc = lp if acc is None else jnp.logaddexp(acc, lp)
-        out[start:start + chunk] = np.asarray(acc)[: len(xb) - pad] - log_norm
+        out[start:start + chunk] = np.asarray(density(xb))[: len(xb) - pad]
     return out
 
 
@@ -171,16 +224,14 @@ def log_prob(model: TrainedModel, x: np.ndarray, y: np.ndarray, *, seed: int = 0
     """log q(y_i | x_i) per dex for raw features and labels log10 M200c: (N,)."""
     xs = jnp.asarray(model.x_scaler.transform(np.asarray(x)))
     ys = jnp.asarray(model.y_scaler.transform(np.asarray(y)))
-    passes = _passes(model)
-    key = jax.random.PRNGKey(seed)
+    weights = weight_sets(model, seed=seed)
     acc = None
-    for params in model.members:
-        for _ in range(passes):
-            key, sub = jax.random.split(key)
-            o = _apply(params, xs, sub, spec=model.spec, deterministic=passes == 1)
-            lp = densities.log_prob(model.spec, o, ys)
-            acc = lp if acc is None else jnp.logaddexp(acc, lp)
-    return np.asarray(acc) - np.log(len(model.members) * passes) - np.log(model.y_std)
+    for d in range(weights.size):
+        params = jax.tree_util.tree_map(lambda a, d=d: a[d], weights.params)
+        o = _apply(params, xs, weights.keys[d], spec=model.spec, deterministic=weights.deterministic)
+        lp = densities.log_prob(model.spec, o, ys)
+        acc = lp if acc is None else jnp.logaddexp(acc, lp)
+    return np.asarray(acc) - np.log(weights.size) - np.log(model.y_std)
 
 
 def predict_point(model: TrainedModel, x: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from models.flow import (
     SplineFlowHead,
     flow_cdf,
     flow_log_prob,
+    flow_log_prob_grid,
     flow_quantile,
     flow_sample,
     rqs_forward,
@@ -310,3 +311,12 @@ def test_tiny_fit_reaches_true_nll():
     nll_model = float(fit(jax.random.PRNGKey(22)))
     nll_true = float(-np.mean(logq_te))
     assert abs(nll_model - nll_true) < 0.05, (nll_model, nll_true)
+
+
+def test_grid_evaluation_equals_pointwise_density():
+    p = random_params(7, 33)
+    grid = jnp.asarray(np.concatenate([np.linspace(-12.0, 12.0, 97), [-BOUND, BOUND, 1e3]]), jnp.float32)
+    on_grid = np.asarray(jax.jit(partial(flow_log_prob_grid, bound=BOUND))(p, grid))  # (B, G)
+    pointwise = np.asarray(logp(p, grid[:, None])).T  # (G, B) -> (B, G)
+    assert on_grid.shape == (33, len(grid))
+    np.testing.assert_allclose(on_grid, pointwise, rtol=1e-5, atol=1e-5)

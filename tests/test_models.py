@@ -103,6 +103,11 @@ def test_ensemble_predictive_is_the_equal_weight_mixture(toy_data):
     expected = np.logaddexp.reduce(np.stack(singles), axis=0) - np.log(3)
     np.testing.assert_allclose(log_prob(model, xt[:50], yt[:50]), expected, rtol=1e-5, atol=1e-5)
     assert not np.allclose(singles[0], singles[1])  # members differ (seeds, data order)
+    grid = np.linspace(-2.0, 3.5, 41)  # the one-pass grid evaluation is the same mixture
+    on_grid = [log_prob_grid(model.__class__(**{**model.__dict__, "members": (p,)}), xt[:50], grid)
+               for p in model.members]
+    np.testing.assert_allclose(log_prob_grid(model, xt[:50], grid),
+                               np.logaddexp.reduce(np.stack(on_grid), axis=0) - np.log(3), rtol=1e-5, atol=1e-5)
 
 
 def test_early_stopping_keeps_the_best_epoch(toy_data):
@@ -258,3 +263,23 @@ def test_train_spec_refuses_bad_schedules():
         TrainSpec(schedule="step")
     with pytest.raises(ConfigError, match="plateau"):
         TrainSpec(plateau_factor=1.5)
+
+
+def test_posteriors_do_not_depend_on_how_many_blocks_run_at_once(monkeypatch, trained, toy_data):
+    from inference import posterior, priors
+
+    _, _, xt, _ = toy_data
+    model, _ = trained["flow"]
+    grid = posterior.default_grid(model, 64)
+    target = priors.flat(grid)
+
+    def run(workers: int):
+        monkeypatch.setattr(posterior, "_workers", lambda: workers)
+        blocks = list(posterior.iter_posteriors(model, xt[:1000], grid, target, chunk=128))
+        assert [b.start for b in blocks] == list(range(0, 1000, 128))
+        return np.concatenate([b.pdf for b in blocks]), np.concatenate([b.values["median"] for b in blocks])
+
+    one, four = run(1), run(4)
+    assert one[0].shape == (1000, 64)
+    np.testing.assert_array_equal(one[0], four[0])
+    np.testing.assert_array_equal(one[1], four[1])
