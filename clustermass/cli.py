@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _model_stage_arguments(p, out="directory for metrics.json and the PNG plots", use="the main model")
+    p.add_argument("--hosts", choices=("held-out", "all"), default="held-out",
+                   help="held-out: the hosts the training stage held out of the model's own box; all: every host "
+                        "of the observations, for a box the model never saw (another seed, or shifted galaxy "
+                        "physics); on the training box itself `all` would score hosts it was trained on")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -419,11 +423,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from models.stage import held_out_mask
 
     table, snapshot = _observation_table(args.observations)
-    mask = held_out_mask(table, args.model)
+    mask = held_out_mask(table, args.model) if args.hosts == "held-out" else table["cluster_id"].notna().to_numpy()
     members = read_members(args.observations).take(mask) if (args.observations / MEMBERS_FILE).is_file() else None
     metrics = validate_stage(table[mask].reset_index(drop=True), args.model, args.out, members=members,
                              prior=args.prior, main=args.use, snapshot=snapshot)
-    print(f"validation: {args.out / 'metrics.json'}  ({metrics['n_test']} held-out observations, "
+    which = "held-out" if args.hosts == "held-out" else "(all hosts)"
+    print(f"validation: {args.out / 'metrics.json'}  ({metrics['n_test']} {which} observations, "
           f"{metrics['n_test_1e14_1e15']} in 1e14-1e15 Msun/h)")
     print(f"{metrics['estimator']}: bias {metrics['bias_dex']:+.4f} dex, scatter {metrics['scatter_dex']:.4f} dex; "
           f"coverage 68% {metrics['coverage_68']:.3f}, 95% {metrics['coverage_95']:.3f}; M-sigma scatter "

@@ -224,6 +224,12 @@ def test_validate_command(trained, tmp_path, capsys):
     for name, ok in verdicts.items():  # each criterion printed with the verdict metrics.json holds
         assert f"{'PASS' if ok else 'FAIL'}  {name}" in out.splitlines()[-len(verdicts):][list(verdicts).index(name)]
     assert (tmp_path / "val" / "coverage.png").exists()
+    # --hosts all: every host of the observations (for a box the model never saw)
+    assert main(["validate", "--model", str(trained / "model"), "--observations", str(trained / "obs"), "--out",
+                 str(tmp_path / "all"), "--hosts", "all"]) == 0
+    everything = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert everything["n_test"] > metrics["n_test"]
+    assert "(all hosts) observations" in capsys.readouterr().out
 
 
 def test_infer_real_clusters_from_a_galaxy_table_and_centres(trained, tmp_path, capsys):
