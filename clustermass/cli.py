@@ -59,26 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "synth",
         help="write a synthetic MultiDark-style box (Rockstar halos + UniverseMachine galaxies)",
-        description="Write DIR/halos.* (Rockstar columns), DIR/galaxies.* (UniverseMachine columns) and "
-        "DIR/snapshot.json for a periodic box at z = 0.117 with the MDPL2 cosmology: Tinker08 halos, "
-        "Zheng07 HOD galaxies on NFW orbits, Moster13 stellar masses, Evrard08 velocities.",
+        description="Write DIR/halos.* (Rockstar columns), DIR/galaxies.* (UniverseMachine columns), "
+        "DIR/snapshot.json and DIR/realism.json for a periodic box with the MDPL2 cosmology (z = 0.117 unless "
+        "[synth] redshift says otherwise): Tinker08 halos with Tinker10 clustering, Jiang & van den Bosch 16 "
+        "subhalos, Moster13 stellar masses, Evrard08 velocities, and a galaxy-halo connection drawn per host from "
+        "published ranges ([synth] satellite_abundance, velocity_bias, ...: a number fixes it).",
         formatter_class=fmt,
     )
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--box-size", type=float, required=True, help="box side, comoving Mpc/h")
-    p.add_argument("--seed", type=int, default=_SYNTH.seed, help="random seed (same seed, same box)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="TOML configuration whose [synth] section defines the box (box size, redshift, the galaxy "
+                        "physics: fixed values or per-host ranges); the options below override it")
+    for flag, key, kind, text in (
+        ("--box-size", "box_size", float, "box side, comoving Mpc/h"),
+        ("--seed", "seed", int, "random seed (same seed, same box)"),
+        ("--log10-mmin", "log10_mmin", float, "lightest distinct halo, log10 M200c [Msun/h]"),
+        ("--min-log10-mstar", "min_log10_mstar", float, "lightest galaxy written, log10 M* [Msun]"),
+        ("--workers", "workers", int, "processes generating cells (speed only)"),
+    ):
+        p.add_argument(flag, type=kind, default=None, dest=key,
+                       help=f"{text} (default: the configuration's, else {_section_default(_SYNTH, key)})")
     p.add_argument(
         "--format",
-        default=_SYNTH.format,
+        default=None,
         choices=list(OUTPUT_FORMATS),
         help="hdf5: halos.h5 + galaxies.h5; ascii: Rockstar hlist halos.list + UniverseMachine ASCII galaxies.txt; "
-        "native: halos.list + UniverseMachine binary galaxies.bin; csv: CosmoSim CSV halos.csv + galaxies.bin",
+        "native: halos.list + UniverseMachine binary galaxies.bin; csv: CosmoSim CSV halos.csv + galaxies.bin "
+        f"(default: the configuration's, else {_section_default(_SYNTH, 'format')})",
     )
-    p.add_argument("--log10-mmin", type=float, default=_SYNTH.log10_mmin,
-                   help="lightest distinct halo, log10 M200c [Msun/h]")
-    p.add_argument("--min-log10-mstar", type=float, default=_SYNTH.min_log10_mstar,
-                   help="lightest galaxy written, log10 M* [Msun]")
-    p.add_argument("--workers", type=int, default=_SYNTH.workers, help="processes generating cells")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_synth)
 
@@ -272,18 +280,14 @@ def _override(section: Any, args: argparse.Namespace, name: str) -> Any:
 
 # -- commands -------------------------------------------------------------------------------------------------
 def cmd_synth(args: argparse.Namespace) -> int:
-    from ingest.synth.box import SynthConfig
+    from flows.config import load_config
     from ingest.synth.synthesize import synthesize
     from pipeline.progress import Progress
 
-    config = SynthConfig(
-        box_size=args.box_size,
-        seed=args.seed,
-        log10_mmin=args.log10_mmin,
-        min_log10_mstar=args.min_log10_mstar,
-    )
+    section = _override(load_config(args.config).synth, args, "[synth]")
+    config = section.box_config()
     progress = Progress("synth cells", enabled=not args.quiet)
-    result = synthesize(args.out, config, fmt=args.format, workers=args.workers, progress=progress)
+    result = synthesize(args.out, config, fmt=section.format, workers=section.workers, progress=progress)
     print(f"halos:    {result.halos}  ({result.n_halos} rows)")
     print(f"galaxies: {result.galaxies}  ({result.n_galaxies} rows)")
     print(f"metadata: {result.metadata}")

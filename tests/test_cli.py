@@ -29,7 +29,8 @@ def test_help_lists_every_command_and_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--help"])
     out = capsys.readouterr().out
-    assert "--box-size BOX_SIZE" in out and "(default: hdf5)" in out
+    out = " ".join(out.split())
+    assert "--box-size BOX_SIZE" in out and "[synth] format = 'hdf5'" in out and "[synth] box_size = 800" in out
 
 
 @pytest.mark.parametrize(("command", "section", "key"), [("observe", "observe", "r_aperture"),
