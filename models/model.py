@@ -220,6 +220,45 @@ def log_prob_grid(model: TrainedModel, x: np.ndarray, grid: np.ndarray, *, chunk
     return out
 
 
+@partial(jax.jit, static_argnames=("spec", "deterministic"))
+def _draw_means(params: Any, keys: jax.Array, xs: jax.Array, grid_std: jax.Array, *, spec: ModelSpec,
+                deterministic: bool) -> jax.Array:
+    """Mean of each stacked network's density on the grid, standardised units: (D, B)."""
+    means = []
+    for d in range(keys.shape[0]):
+        rngs = None if deterministic else {"dropout": keys[d]}
+        p = jax.tree_util.tree_map(lambda a, d=d: a[d], params)
+        out = Network(spec).apply({"params": p}, xs, deterministic=deterministic, rngs=rngs)
+        w = jax.nn.softmax(densities.log_prob_grid(spec, out, grid_std), axis=1)  # uniform grid: weights
+        means.append(w @ grid_std)
+    return jnp.stack(means)
+
+
+def epistemic_spread(model: TrainedModel, x: np.ndarray, grid: np.ndarray, *, chunk: int = 1024,
+                     seed: int = 0) -> np.ndarray:
+    """Epistemic spread per row of raw features ``x`` (N, F): the standard deviation, across the networks of the
+    predictive mixture (ensemble members, dropout masks or weight draws; :func:`weight_sets`), of each network's
+    own mean of log10 M200c on ``grid`` (uniformly spaced), in dex. Zero for a single deterministic network.
+
+    The aleatoric width is what every network agrees on; this is how much they disagree, which grows where the
+    training data gave them nothing to agree on (inputs unlike any training observation).
+    """
+    if not model.spec.is_density:
+        raise ValueError(f"a '{model.spec.kind}' model predicts points, not densities")
+    weights = weight_sets(model, seed=seed)
+    grid_std = jnp.asarray((np.asarray(grid, dtype=np.float64) - model.y_mean) / model.y_std, dtype=jnp.float32)
+    xs = model.x_scaler.transform(np.asarray(x))
+    out = np.empty(len(xs), dtype=np.float64)
+    for start in range(0, len(xs), chunk):
+        xb = xs[start:start + chunk]
+        rows = len(xb)
+        xb = np.pad(xb, ((0, chunk - rows), (0, 0))) if rows < chunk and len(xs) > chunk else xb
+        means = _draw_means(weights.params, weights.keys, jnp.asarray(xb), grid_std, spec=model.spec,
+                            deterministic=weights.deterministic)
+        out[start:start + rows] = np.asarray(means, dtype=np.float64)[:, :rows].std(axis=0) * model.y_std
+    return out
+
+
 def log_prob(model: TrainedModel, x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """log q(y_i | x_i) per dex for raw features and labels log10 M200c: (N,)."""
     xs = jnp.asarray(model.x_scaler.transform(np.asarray(x)))

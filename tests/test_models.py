@@ -283,3 +283,19 @@ def test_posteriors_do_not_depend_on_how_many_blocks_run_at_once(monkeypatch, tr
     assert one[0].shape == (1000, 64)
     np.testing.assert_array_equal(one[0], four[0])
     np.testing.assert_array_equal(one[1], four[1])
+
+
+def test_epistemic_spread_is_zero_for_one_network_and_grows_far_from_the_training_inputs(trained, toy_data):
+    from models.model import epistemic_spread
+
+    x, y, xt, _ = toy_data
+    grid = np.linspace(-2.0, 3.5, 221)
+    single, _ = trained["mdn"]
+    np.testing.assert_array_equal(epistemic_spread(single, xt[:10], grid), 0.0)
+    spec = ModelSpec(kind="mdn", hidden=(32, 32), n_components=3)
+    model, _ = train_model(x[:20000], y[:20000], np.arange(20000), feature_names=["a", "b"], spec=spec,
+                           train=TrainSpec(ensemble=3, max_epochs=30, patience=5, batch_size=512))
+    inside = epistemic_spread(model, xt[:500], grid)
+    far = epistemic_spread(model, xt[:500] + np.array([4.0, 8.0]), grid)  # x ~ 4-6 sigma beyond the training data
+    assert (inside > 0).all()
+    assert np.median(far) > 3 * np.median(inside)
