@@ -73,7 +73,8 @@ def section(cls: type[S], values: Mapping[str, Any], where: str) -> S:
 
     ``where`` prefixes every error (``"run.toml [train]"``). Integers are accepted for float fields; booleans
     are never numbers; lists and tuples of ``int``/``str``/``float`` are checked item by item (a tuple field gets a
-    tuple). A ConfigError raised by the dataclass' own validation (``__post_init__``) is prefixed with ``where``.
+    tuple); a union of such types (``float | tuple[float, float]``) takes the first form the value fits. A
+    ConfigError raised by the dataclass' own validation (``__post_init__``) is prefixed with ``where``.
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -93,7 +94,15 @@ _SCALARS: dict[type, tuple[type, ...]] = {float: (int, float), int: (int,), str:
 def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):  # X | None: TOML has no null, so the value is an X
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(options) > 1:  # X | Y (e.g. float | tuple[float, float]): the first form the value has
+            for option in options:
+                try:
+                    return _coerce(value, option, key, where)
+                except ConfigError:
+                    pass
+            raise ConfigError(f"{where}: '{key}' must be {' or '.join(_name(o) for o in options)}, got {value!r}")
+        hint = options[0]
         origin = typing.get_origin(hint)
     if origin in (list, tuple):
         item = typing.get_args(hint)[0]
@@ -112,6 +121,14 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     if hint is Path:
         return Path(value)
     return value
+
+
+def _name(hint: Any) -> str:
+    """How an error names a type: ``float``, ``str``, ``list of float``."""
+    if typing.get_origin(hint) in (list, tuple):
+        return f"list of {_name(typing.get_args(hint)[0])}"
+    name = getattr(hint, "__name__", str(hint))
+    return "str" if name == "Path" else name
 
 
 def resolve_path(value: str | Path, base: Path) -> Path:

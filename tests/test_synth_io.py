@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 
@@ -38,7 +39,7 @@ def test_synth_files_read_back_as_generated(tmp_path, fmt, expected):
     assert meta["box_size"] == 60.0 and meta["cosmology"]["name"] == "mdpl2"
     assert meta["synth"] == json.loads(json.dumps(SMALL.to_dict()))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [result.halos.name, result.galaxies.name, "snapshot.json", "realism.json", "realism.png"]
+        [result.halos.name, result.galaxies.name, "snapshot.json", "realism.json", "realism.png", "host_physics.h5"]
     )
 
 
@@ -47,6 +48,9 @@ def test_synth_is_identical_for_any_number_of_workers(tmp_path):
     b = synthesize(tmp_path / "b", SMALL, fmt="native", workers=2)
     assert a.galaxies.read_bytes() == b.galaxies.read_bytes()
     assert a.halos.read_bytes() == b.halos.read_bytes()
+    with h5py.File(a.hosts) as ha, h5py.File(b.hosts) as hb:  # the per-host galaxy physics, too
+        assert ha.attrs["n_rows"] == hb.attrs["n_rows"] > 0
+        assert all(np.array_equal(ha[k][:], hb[k][:]) for k in ha)
 
 
 def test_interrupted_synth_leaves_no_output(tmp_path, monkeypatch):

@@ -18,12 +18,19 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 
 from ingest.schema import GALAXIES, HALOS
-from ingest.synth.box import SynthConfig, cell_count, generate_box, generate_cell, generate_cells
+from ingest.synth.box import (
+    SynthConfig,
+    cell_count,
+    generate_box,
+    generate_box_with_hosts,
+    generate_cell,
+    generate_cells,
+)
+from ingest.synth.galaxy_physics import rms
 from ingest.synth.geometry import wrap_positions
 from ingest.synth.hod import ZHENG07_MR20, ZHENG07_MR21, Zheng07HOD
 from ingest.synth.massfunction import MassFunctionTable
 from ingest.synth.nfw import radius_quantile
-from ingest.synth.velocity import MERGER_BOOST_DEX
 from pipeline.cosmology import G_MPC_KMS2_MSUN, MDPL2, colossus_cosmology
 from pipeline.errors import ConfigError
 
@@ -51,11 +58,27 @@ def delta_vir():
 
 
 @pytest.fixture(scope="module")
-def rich():
-    """200 Mpc/h, distinct haloes above 10^12.5 Msun/h, every galaxy kept (no stellar-mass cut)."""
+def rich_with_hosts():
+    """200 Mpc/h, distinct haloes above 10^12.5 Msun/h, every galaxy kept (no stellar-mass cut); the per-host galaxy
+    physics drawn from its default ranges, except the satellite abundance (fixed, so the HOD is exact)."""
     config = SynthConfig(box_size=200.0, seed=7, log10_mmin=12.5, hod=RICH_HOD, min_log10_mstar=None,
-                         cells_per_side=2)
-    return config, generate_box(config)
+                         cells_per_side=2, satellite_abundance=1.0)
+    box, hosts = generate_box_with_hosts(config)
+    return config, box, hosts
+
+
+@pytest.fixture(scope="module")
+def rich(rich_with_hosts):
+    config, box, _ = rich_with_hosts
+    return config, box
+
+
+def _host_rows(hosts, host_ids):
+    """Rows of the per-host table (ingest.synth.galaxy_physics.HOST_PHYSICS) of the given host halo ids."""
+    order = np.argsort(hosts["halo_id"])
+    rows = order[np.searchsorted(hosts["halo_id"], host_ids, sorter=order)]
+    assert np.array_equal(hosts["halo_id"][rows], host_ids)
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +146,29 @@ def test_mass_function_table_matches_colossus_integral():
 # ---- (b) NFW radial profile -----------------------------------------------------------------------------
 
 
-def test_satellite_radii_follow_host_nfw_profile(rich):
-    _, (halos, galaxies) = rich
+def test_satellite_radii_follow_host_nfw_profile(rich_with_hosts):
+    _, (halos, galaxies), hosts = rich_with_hosts
     _, sat, host = _hosts_and_satellites(halos, galaxies)
-    # satellites fill the host's NFW profile out to Rvir (the radius UniverseMachine counts members in)
+    # satellites fill an NFW profile out to Rvir (the radius UniverseMachine counts members in) whose concentration
+    # is the host's times the satellite concentration ratio recorded for that host
+    ratio = hosts["satellite_concentration"][_host_rows(hosts, galaxies["upid"][sat])].astype(np.float64)
+    assert ratio.min() < 0.6 and ratio.max() > 1.4  # drawn per host from the default range (0.5, 1.5)
     rvir = r_delta(halos["mvir"][host].astype(np.float64), delta_vir())
-    c = rvir / halos["rs"][host]
+    c = ratio * rvir / halos["rs"][host]
     x = galaxies["uparent_dist"][sat] / rvir
     assert np.all((x > 0) & (x <= 1.0 + 1e-4))
     # each radius mapped through its own host's NFW CDF must be uniform on [0, 1]
     u = nfw_mu(c * x) / nfw_mu(c)
     assert len(u) > 5000
     assert stats.kstest(u, "uniform").pvalue > 0.01
-    # ... and it is not uniform in radius (the test can tell NFW from a flat profile)
+    # ... and it is not uniform in radius (the test can tell NFW from a flat profile), nor the dark matter's profile
     assert stats.kstest(x, "uniform").pvalue < 1e-6
+    c_dm = rvir / halos["rs"][host]
+    u_dm = nfw_mu(c_dm * x) / nfw_mu(c_dm)
+    for sel in (ratio < 0.7, ratio > 1.3):  # less / more concentrated than the dark matter, host by host
+        assert stats.kstest(u_dm[sel], "uniform").pvalue < 1e-6
+        assert stats.kstest(u[sel], "uniform").pvalue > 0.001
+    assert np.mean(u_dm[ratio < 0.7]) > 0.5 > np.mean(u_dm[ratio > 1.3])
     # uparent_dist is the periodic distance between the galaxy and its host
     box = 200.0
     d = np.column_stack([galaxies[k][sat] - halos[k][host] for k in ("x", "y", "z")]).astype(np.float64)
@@ -169,8 +201,8 @@ def test_radius_quantile_inverts_nfw_cdf_at_fixed_concentration():
 # ---- (c) velocity dispersion ------------------------------------------------------------------------------
 
 
-def test_satellite_dispersion_follows_biased_evrard08(rich):
-    config, (halos, galaxies) = rich
+def test_satellite_dispersion_follows_biased_evrard08(rich_with_hosts):
+    _, (halos, galaxies), hosts = rich_with_hosts
     _, sat, host = _hosts_and_satellites(halos, galaxies)
     dv2 = sum((galaxies[f"v{k}"][sat].astype(np.float64) - halos[f"v{k}"][host]) ** 2 for k in "xyz")
     rows, inverse, n_sat = np.unique(host, return_inverse=True, return_counts=True)
@@ -183,11 +215,17 @@ def test_satellite_dispersion_follows_biased_evrard08(rich):
     ln_m = np.log(halos["m200c"][rows[ok]].astype(np.float64))
     slope, _ = np.polyfit(ln_m, ln_s, 1)
     assert slope == pytest.approx(0.3361, abs=0.03)
-    # normalisation: b_v x Evrard+08, in Msun/h via h(z) M[Msun] = E(z) M[Msun/h], plus the merger tail's mean
+    # normalisation: the host's b_v x Evrard+08 x its merger boost (both recorded per host), in Msun/h via
+    # h(z) M[Msun] = E(z) M[Msun/h]
     ez = math.sqrt(MDPL2.Om0 * (1 + Z) ** 3 + 1 - MDPL2.Om0)
-    model = np.log(config.velocity_bias * 1082.9 * (ez * np.exp(ln_m) / 1e15) ** 0.3361)
-    merger_shift = config.merger_fraction * math.log(10) * float(np.mean(MERGER_BOOST_DEX))
-    assert np.mean(ln_s - model) == pytest.approx(merger_shift, abs=0.02)
+    rec = _host_rows(hosts, halos["halo_id"][rows[ok]])
+    b_v = hosts["velocity_bias"][rec].astype(np.float64)
+    boost = hosts["merger_boost_dex"][rec].astype(np.float64)
+    model = np.log(b_v * 1082.9 * (ez * np.exp(ln_m) / 1e15) ** 0.3361) + math.log(10) * boost
+    assert np.mean(ln_s - model) == pytest.approx(0.0, abs=0.01)
+    # the per-host b_v is what the satellites move with: residuals do not correlate with it (slope -1 if they did)
+    assert abs(np.polyfit(np.log(b_v), ln_s - model, 1)[0]) < 0.4
+    assert np.ptp(b_v) > 0.15 and np.mean(boost > 0) == pytest.approx(0.1, abs=0.05)
     # vrms of the distinct haloes is sqrt(3) x their own 1-D dispersion (about Evrard's)
     d = halos["upid"] == -1
     m = halos["m200c"][d].astype(np.float64)
@@ -271,7 +309,8 @@ def test_central_stellar_mass_follows_moster13():
         sel = (np.log10(m_h) >= lo) & (np.log10(m_h) < hi)
         assert sel.sum() > 100
         assert abs(np.median(resid[sel])) < 4 * 0.15 / math.sqrt(sel.sum()) + 0.005, (lo, hi)
-    assert np.std(resid) == pytest.approx(config.smhm_scatter_dex, abs=0.01)
+    # a mixture of lognormals, the scatter drawn per host: sqrt(E[scatter^2]) in all
+    assert np.std(resid) == pytest.approx(rms(config.smhm_scatter_dex), abs=0.01)
     obs = np.log10(galaxies["obs_sm"] / galaxies["sm"])
     assert abs(np.mean(obs)) < 0.005
     assert np.std(obs) == pytest.approx(config.obs_sm_scatter_dex, abs=0.005)

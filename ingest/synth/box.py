@@ -13,19 +13,28 @@ What is generated (units: masses Msun/h, stellar masses Msun without h, position
   peak-mass function of Jiang & van den Bosch (2016) above the peak mass whose galaxies can pass the stellar-mass
   cut (:func:`.subhalos.sample_subhalos`) — or, with ``hod`` given, Poisson(<N_sat>(M200c)) of a Zheng+07 HOD
   (:mod:`.hod`) with peak masses dN/dm ∝ m^-1.9; NFW radii inside Rvir (the radius UniverseMachine counts members
-  in) with the host's concentration, isotropic directions, velocities host + N(0, b_v sigma_host) per axis; each
-  lives in a subhalo (``upid = pid = host id``);
+  in) with the host's concentration times its satellite concentration ratio, isotropic directions, velocities
+  host + N(0, b_v sigma_host) per axis; each lives in a subhalo (``upid = pid = host id``);
 * galaxies (UniverseMachine semantics): one central per distinct halo (``galaxy_id`` = halo id, ``upid = -1``),
   one satellite per subhalo (``galaxy_id`` = subhalo id, ``upid`` = host id); Moster+13 stellar masses from
   M200c (centrals) or peak M200c (satellites) with lognormal scatter, observed stellar masses with measurement
   scatter (:mod:`.smhm`), star formation from :mod:`.starformation`, rest-frame g-r colours (red sequence if
   quenched, blue cloud if not) and SDSS r-band absolute magnitudes from the true stellar mass through a colour-based
   mass-to-light ratio (:mod:`.photometry`). Only galaxies with
-  ``obs_sm >= 10**min_log10_mstar`` are emitted.
+  ``obs_sm >= 10**min_log10_mstar`` are emitted;
+* the galaxy-halo connection of each distinct halo (:mod:`.galaxy_physics`): its satellite abundance multiplier,
+  velocity bias b_v, satellite concentration ratio, stellar-to-halo scatter (of its central and satellites) and
+  merger tail are drawn per host, uniformly within the configured ranges (by default the published uncertainty
+  ranges of :data:`.galaxy_physics.GALAXY_PHYSICS`), or fixed where the configuration gives a scalar. The values of
+  the hosts with subhaloes are the cell's ``hosts`` table (:data:`.galaxy_physics.HOST_PHYSICS`), written beside
+  the catalogs, never a catalog column.
 
 The box is cut into ``cells_per_side**3`` cubes; cell ``i`` is generated from its own random stream
 ``SeedSequence(seed, spawn_key=(i,))`` (= ``SeedSequence(seed).spawn(n)[i]``), independently of the others, so a
-box is reproducible cell by cell, never needs to sit in memory whole, and cells can be generated in parallel.
+box is reproducible cell by cell, never needs to sit in memory whole, and cells can be generated in parallel. The
+per-host galaxy physics of cell ``i`` comes from a second stream, ``SeedSequence(seed, spawn_key=(i, 1))``
+(:func:`physics_rng`), so that changing its ranges changes nothing else, and a box with every per-host key fixed
+at its former single value is the former box.
 The realisation depends on ``cells_per_side`` (the cells partition the Poisson draws), which is therefore part
 of the configuration; ``None`` picks it from the expected halo count only (deterministic).
 Halo ids are ``cell_index * 2**32 + k`` with k = 1, 2, ... over the cell's distinct haloes then subhaloes.
@@ -43,6 +52,16 @@ import numpy as np
 
 from ingest.schema import GALAXIES, HALOS, Schema
 from ingest.synth.clustering import ClusteringTables, gaussian_field, place
+from ingest.synth.galaxy_physics import (
+    GALAXY_PHYSICS,
+    HOST_PHYSICS,
+    STREAM_KEYS,
+    ScalarOrRange,
+    bounds,
+    draw_host_physics,
+    parse_setting,
+)
+from ingest.synth.galaxy_physics import KEYS as GALAXY_KEYS
 from ingest.synth.geometry import isotropic_unit_vectors, wrap_positions
 from ingest.synth.hod import HOD_PRESETS, Zheng07HOD
 from ingest.synth.infall import relocate_into_infall
@@ -89,6 +108,8 @@ TARGET_HALOS_PER_CELL = 1_000_000
 ID_STRIDE = 2**32
 #: mpeak / mvir of distinct haloes is 10^Exponential(MPEAK_EXCESS_DEX) (>= 1: Rockstar's Mpeak >= Mvir).
 MPEAK_EXCESS_DEX = 0.02
+#: The per-host galaxy physics of cell i is drawn from SeedSequence(seed, spawn_key=(i, PHYSICS_STREAM)).
+PHYSICS_STREAM = 1
 
 
 def _build(kind: type, data: Mapping[str, Any], where: str) -> Any:
@@ -120,15 +141,27 @@ class SynthConfig:
     hod : None (default): satellites are the surviving subhaloes of the Jiang & van den Bosch (2016) peak-mass
         function with normalisation ``subhalo_norm``, their galaxies' stellar masses from ``smhm`` on the peak mass
         (subhalo abundance matching); or a Zheng+07 occupation of satellites (halo mass M200c)
-    subhalo_norm : gamma of the subhalo function (:data:`.subhalos.SUBHALO_NORM`)
-    smhm : Moster+13 stellar-to-halo relation (:data:`.smhm.MOSTER13_SHAM`); ``smhm_scatter_dex`` its lognormal
-        scatter (dex)
+    subhalo_norm : gamma of the subhalo function (:data:`.subhalos.SUBHALO_NORM`), the base normalisation that
+        ``satellite_abundance`` multiplies per host
+    smhm : Moster+13 stellar-to-halo relation (:data:`.smhm.MOSTER13_SHAM`)
     obs_sm_scatter_dex : measurement scatter of the observed stellar mass, dex
     concentration_scatter_dex : lognormal scatter of c200c around Duffy+08, dex
-    velocity_bias : satellite velocity bias b_v (satellite dispersion / dark-matter dispersion); 1 by default: no
-        velocity bias for stellar-mass-selected galaxies (Lau, Nagai & Kravtsov 2010, ApJ 708, 1419)
     sigma_ln_scatter : Evrard+08 scatter in ln sigma_DM at fixed M200c
-    merger_fraction : fraction of hosts whose dispersion is raised by 10^U(MERGER_BOOST_DEX) (:mod:`.velocity`)
+
+    The galaxy-halo connection, per host (:mod:`.galaxy_physics`; each a scalar, the same for every host, or a
+    (low, high) range drawn uniformly and independently per distinct halo; defaults: the published ranges of
+    :data:`.galaxy_physics.GALAXY_PHYSICS`, centred on the box's former single values):
+
+    satellite_abundance : multiplier on the mean number of satellites (``subhalo_norm``, or the HOD's <N_sat>);
+        (0.7, 1.3)
+    velocity_bias : satellite velocity bias b_v (satellite / dark-matter 1-D dispersion); (0.9, 1.1)
+    satellite_concentration : satellites' NFW concentration / the host's dark matter's; (0.5, 1.5)
+    smhm_scatter_dex : lognormal scatter of true M* at fixed (peak) M200c, dex, of the host's central and
+        satellites; (0.10, 0.20)
+    merger_fraction : probability that a host's dispersion is raised by 10^``merger_boost_dex`` (:mod:`.velocity`);
+        (0.05, 0.15)
+    merger_boost_dex : log10 boost of a merger host's dispersion, dex; (0.0, 0.05)
+
     bulk_velocity_sigma : 1-D dispersion of distinct-halo bulk velocities, km/s
     min_log10_mstar : galaxies with obs_sm < 10^this Msun are not emitted (None: every galaxy)
     cells_per_side : cells along each axis (None: automatic, <= ~1e6 haloes per cell)
@@ -150,13 +183,16 @@ class SynthConfig:
     log10_mmax: float = 16.0
     hod: Zheng07HOD | None = None
     subhalo_norm: float = SUBHALO_NORM
+    satellite_abundance: ScalarOrRange = GALAXY_PHYSICS.satellite_abundance
     smhm: Moster13 = MOSTER13_SHAM
-    smhm_scatter_dex: float = 0.15
+    smhm_scatter_dex: ScalarOrRange = GALAXY_PHYSICS.smhm_scatter_dex
     obs_sm_scatter_dex: float = 0.1
     concentration_scatter_dex: float = 0.15
-    velocity_bias: float = 1.0
+    satellite_concentration: ScalarOrRange = GALAXY_PHYSICS.satellite_concentration
+    velocity_bias: ScalarOrRange = GALAXY_PHYSICS.velocity_bias
     sigma_ln_scatter: float = 0.043
-    merger_fraction: float = 0.1
+    merger_fraction: ScalarOrRange = GALAXY_PHYSICS.merger_fraction
+    merger_boost_dex: ScalarOrRange = GALAXY_PHYSICS.merger_boost_dex
     bulk_velocity_sigma: float = 300.0
     min_log10_mstar: float | None = 9.5
     cells_per_side: int | None = None
@@ -186,13 +222,10 @@ class SynthConfig:
         ranges = {
             "log10_mmin": (8.0, 15.5),
             "log10_mmax": (10.0, 16.5),
-            "smhm_scatter_dex": (0.0, 1.0),
             "obs_sm_scatter_dex": (0.0, 1.0),
             "concentration_scatter_dex": (0.0, 0.5),
-            "velocity_bias": (0.1, 3.0),
             "subhalo_norm": (0.0, 1.0),
             "sigma_ln_scatter": (0.0, 1.0),
-            "merger_fraction": (0.0, 1.0),
             "bulk_velocity_sigma": (0.0, 3000.0),
             "infall_fraction": (0.0, 0.99),
             "log10_msub_min": (8.0, 15.0),
@@ -203,6 +236,8 @@ class SynthConfig:
             value = getattr(self, key)
             if not (_is_number(value) and lo <= value <= hi):
                 raise bad(key, f"must be a number in [{lo:g}, {hi:g}]")
+        for key in GALAXY_KEYS:  # a scalar or a [low, high] range (lists from TOML / JSON become tuples)
+            object.__setattr__(self, key, parse_setting(key, getattr(self, key)))
         if self.log10_mmax <= self.log10_mmin:
             raise bad("log10_mmax", f"must exceed log10_mmin = {self.log10_mmin!r}")
         if self.min_log10_mstar is not None and not (
@@ -275,11 +310,13 @@ class SynthConfig:
 
 
 class Cell(NamedTuple):
-    """One generated cell: canonical halo and galaxy columns (:data:`ingest.schema.HALOS` / ``GALAXIES``)."""
+    """One generated cell: canonical halo and galaxy columns (:data:`ingest.schema.HALOS` / ``GALAXIES``), and the
+    per-host galaxy physics of its distinct haloes with subhaloes (:data:`.galaxy_physics.HOST_PHYSICS`)."""
 
     index: int
     halos: dict[str, np.ndarray]
     galaxies: dict[str, np.ndarray]
+    hosts: dict[str, np.ndarray]
 
 
 class Catalogs(NamedTuple):
@@ -336,6 +373,11 @@ def cell_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
 
 
+def physics_rng(seed: int, index: int) -> np.random.Generator:
+    """The per-host galaxy-physics stream of cell ``index``: ``SeedSequence(seed, spawn_key=(index, 1))``."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index), PHYSICS_STREAM)))
+
+
 def _columns(schema: Schema, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     missing = [c for c in schema.names if c not in values]
     extra = [c for c in values if c not in schema.names]
@@ -346,11 +388,12 @@ def _columns(schema: Schema, values: Mapping[str, np.ndarray]) -> dict[str, np.n
 
 def subhalo_min_mass(config: SynthConfig) -> float:
     """Lightest subhalo peak M200c (Msun/h) drawn: 10^log10_msub_min, raised to where the median galaxy is 4 sigma
-    (intrinsic and measurement scatter) below ``min_log10_mstar``, so no galaxy that could pass the cut is missed."""
+    (intrinsic scatter, the largest a host may draw, and measurement scatter) below ``min_log10_mstar``, so no galaxy
+    that could pass the cut is missed."""
     floor = 10.0**config.log10_msub_min
     if config.min_log10_mstar is None:
         return floor
-    sigma = math.hypot(config.smhm_scatter_dex, config.obs_sm_scatter_dex)
+    sigma = math.hypot(bounds(config.smhm_scatter_dex)[1], config.obs_sm_scatter_dex)  # the widest host's
     grid = np.logspace(8.0, 16.0, 801)
     logms = np.log10(config.smhm.mean_stellar_mass(grid, config.cosmology.h, config.redshift))
     reach = float(np.interp(config.min_log10_mstar - 4.0 * sigma, logms, np.log10(grid)))
@@ -379,8 +422,11 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
         pos = origin + place(rng, tables.clustering.halo_bias(m200c), field, side)
     vel = sample_bulk_velocities(rng, n, config.bulk_velocity_sigma)
     conc = sample_concentration(rng, m200c, z, config.concentration_scatter_dex)
-    sigma = sample_host_dispersion(
-        rng, m200c, cosmo, z, ln_scatter=config.sigma_ln_scatter, merger_fraction=config.merger_fraction
+    # the galaxy-halo connection of each distinct halo, from the cell's physics stream (galaxy_physics)
+    phys = draw_host_physics(physics_rng(config.seed, index), n, {k: getattr(config, k) for k in STREAM_KEYS})
+    sigma, boost = sample_host_dispersion(
+        rng, m200c, cosmo, z, ln_scatter=config.sigma_ln_scatter, merger_fraction=phys["merger_fraction"],
+        merger_boost_dex=config.merger_boost_dex,
     )
     r200c = radius_from_mass(m200c, 200.0, cosmo, z)
     v200 = circular_velocity(m200c, r200c, z)
@@ -391,9 +437,10 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
 
     # ---- satellites and their subhaloes ---------------------------------------------------------------
     if config.hod is None:
-        host, sub_m200c_peak = sample_subhalos(rng, m200c, subhalo_min_mass(config), config.subhalo_norm)
+        host, sub_m200c_peak = sample_subhalos(rng, m200c, subhalo_min_mass(config), config.subhalo_norm,
+                                               phys["satellite_abundance"])
     else:
-        host = np.repeat(np.arange(n), rng.poisson(config.hod.mean_nsat(m200c)))
+        host = np.repeat(np.arange(n), rng.poisson(config.hod.mean_nsat(m200c) * phys["satellite_abundance"]))
         sub_m200c_peak = sample_peak_masses(
             rng, m200c[host], 10.0**config.log10_msub_min, config.subhalo_slope, config.subhalo_max_fraction
         )
@@ -402,10 +449,11 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
         raise ConfigError(f"synth: cell {index} holds {n + ns} haloes, more than ids allow; use more cells")
     rvir = radius_from_mass(mvir, conv.deltas["vir"], cosmo, z)
     c_vir = conc * rvir / r200c  # the NFW profile continued to Rvir: r_s = R200c / c200c = Rvir / c_vir
-    dist = sample_radius(rng, c_vir[host]) * rvir[host]
+    # satellites trace an NFW profile of concentration c_sat = ratio x c_DM (scale radius r_s / ratio)
+    dist = sample_radius(rng, c_vir[host] * phys["satellite_concentration"][host]) * rvir[host]
     x_sat = dist / r200c[host]
     sat_pos = pos[host] + dist[:, None] * isotropic_unit_vectors(rng, ns)
-    sat_vel = sample_satellite_velocities(rng, vel[host], sigma[host], config.velocity_bias)
+    sat_vel = sample_satellite_velocities(rng, vel[host], sigma[host], phys["velocity_bias"][host])
     sub_conc = sample_concentration(rng, sub_m200c_peak, z, config.concentration_scatter_dex)
     kept = sample_stripping(rng, x_sat)
     sub_mpeak = conv.mass(sub_m200c_peak, sub_conc, "vir")
@@ -460,8 +508,8 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
     # ---- galaxies -------------------------------------------------------------------------------------
     h = cosmo.h
     sm = np.concatenate((
-        sample_stellar_mass(rng, m200c, h, z, config.smhm_scatter_dex, config.smhm),
-        sample_stellar_mass(rng, sub_m200c_peak, h, z, config.smhm_scatter_dex, config.smhm),
+        sample_stellar_mass(rng, m200c, h, z, phys["smhm_scatter_dex"], config.smhm),
+        sample_stellar_mass(rng, sub_m200c_peak, h, z, phys["smhm_scatter_dex"][host], config.smhm),
     ))
     obs_sm = observe_stellar_mass(rng, sm, config.obs_sm_scatter_dex)
     if config.min_log10_mstar is None:
@@ -502,7 +550,15 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
             **phot,
         },
     )
-    return Cell(index, halos, galaxies)
+    # ---- the per-host record (hosts with at least one subhalo) ----------------------------------------------
+    n_sub = np.bincount(host, minlength=n)
+    hosting = np.flatnonzero(n_sub > 0)
+    hosts = _columns(
+        HOST_PHYSICS,
+        {"halo_id": halo_id[hosting], "m200c": m200c[hosting], "n_subhalos": n_sub[hosting],
+         **{k: v[hosting] for k, v in phys.items()}, "merger_boost_dex": boost[hosting]},
+    )
+    return Cell(index, halos, galaxies, hosts)
 
 
 def generate_cells(config: SynthConfig, indices: Iterable[int] | None = None) -> Iterator[Cell]:
@@ -520,7 +576,14 @@ def _concat(parts: list[dict[str, np.ndarray]], schema: Schema) -> dict[str, np.
             for c in schema.names}
 
 
+def generate_box_with_hosts(config: SynthConfig) -> tuple[Catalogs, dict[str, np.ndarray]]:
+    """The whole box in memory, and its per-host galaxy physics (:data:`.galaxy_physics.HOST_PHYSICS`; every cell
+    concatenated in index order): for tests and small boxes."""
+    cells = list(generate_cells(config))
+    catalogs = Catalogs(_concat([c.halos for c in cells], HALOS), _concat([c.galaxies for c in cells], GALAXIES))
+    return catalogs, _concat([c.hosts for c in cells], HOST_PHYSICS)
+
+
 def generate_box(config: SynthConfig) -> Catalogs:
     """The whole box in memory (every cell concatenated in index order): for tests and small boxes."""
-    cells = list(generate_cells(config))
-    return Catalogs(_concat([c.halos for c in cells], HALOS), _concat([c.galaxies for c in cells], GALAXIES))
+    return generate_box_with_hosts(config)[0]

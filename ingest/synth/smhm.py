@@ -67,10 +67,13 @@ def sample_stellar_mass(
     m200c: np.ndarray,
     h: float,
     redshift: float,
-    scatter_dex: float = 0.15,
+    scatter_dex: np.ndarray | float = 0.15,
     relation: Moster13 = MOSTER13,
 ) -> np.ndarray:
-    """True stellar mass (Msun, no h): Moster+13 median x 10^N(0, scatter_dex), for ``m200c`` in Msun/h."""
+    """True stellar mass (Msun, no h): Moster+13 median x 10^N(0, scatter_dex), for ``m200c`` in Msun/h.
+
+    ``scatter_dex`` is one value or one per halo (its host's ``smhm_scatter_dex``, :mod:`.galaxy_physics`).
+    """
     median = relation.mean_stellar_mass(m200c, h, redshift)
     return median * 10.0 ** (scatter_dex * rng.standard_normal(median.shape))
 

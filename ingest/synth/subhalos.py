@@ -97,17 +97,21 @@ def mean_subhalos(host_m200c: np.ndarray, m_min: float, norm: float = SUBHALO_NO
 
 
 def sample_subhalos(rng: np.random.Generator, host_m200c: np.ndarray, m_min: float,
-                    norm: float = SUBHALO_NORM) -> tuple[np.ndarray, np.ndarray]:
+                    norm: float = SUBHALO_NORM, abundance: np.ndarray | float = 1.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Poisson numbers of surviving subhaloes above peak mass ``m_min`` per host, and their peak M200c (Msun/h).
 
-    Returns (host index per subhalo, peak M200c per subhalo); the peak masses follow the JvdB16 function between
-    ``m_min`` and the host's mass (inverse CDF on a 0.005-dex table).
+    ``abundance`` (one value, or one per host: the host's ``satellite_abundance`` of
+    :mod:`.galaxy_physics`) multiplies the mean number of each host, norm x abundance being its JvdB16 gamma;
+    it does not change the shape of the peak-mass function. Returns (host index per subhalo, peak M200c per
+    subhalo); the peak masses follow the JvdB16 function between ``m_min`` and the host's mass (inverse CDF on a
+    0.005-dex table).
     """
     m = np.asarray(host_m200c, dtype=np.float64)
     cum = _cumulative(norm)
     lo = np.log10(np.clip(m_min / m, 10.0**_LOG_PSI[0], 1.0))
     c_lo = np.interp(lo, _LOG_PSI, cum)
-    counts = rng.poisson(cum[-1] - c_lo)
+    counts = rng.poisson((cum[-1] - c_lo) * abundance)
     host = np.repeat(np.arange(len(m)), counts)
     u = rng.random(len(host))
     log_psi = np.interp(c_lo[host] + u * (cum[-1] - c_lo[host]), cum, _LOG_PSI)

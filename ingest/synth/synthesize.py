@@ -1,10 +1,12 @@
 """Writing a synthetic MultiDark-style box to disk, cell by cell, in the real catalog formats.
 
 ``DIR/halos.<ext>`` (Rockstar columns), ``DIR/galaxies.<ext>`` (UniverseMachine columns), ``DIR/snapshot.json``
-(box size, scale factor, cosmology, the generator's configuration) and ``DIR/realism.json`` + ``DIR/realism.png``
-(the box's statistics beside published ones). Cells are generated independently (in worker
-processes when ``workers > 1``) and appended in order, so the output is identical for any number of workers and
-memory holds a few cells at most. Files appear under their final names only when complete.
+(box size, scale factor, cosmology, the generator's configuration), ``DIR/realism.json`` + ``DIR/realism.png``
+(the box's statistics beside published ones) and ``DIR/host_physics.h5`` (HDF5 whatever the format: the galaxy-halo
+connection drawn for each distinct halo with subhaloes, :data:`ingest.synth.galaxy_physics.HOST_PHYSICS`, one
+dataset per column, with units; for studying the box, never read by the pipeline). Cells are generated
+independently (in worker processes when ``workers > 1``) and appended in order, so the output is identical for any
+number of workers and memory holds a few cells at most. Files appear under their final names only when complete.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from ingest.schema import GALAXIES, HALOS
 from ingest.source import write_sidecar
 from ingest.synth.box import Cell, SynthConfig, cell_count, generate_cell
+from ingest.synth.galaxy_physics import HOST_PHYSICS
 from ingest.synth.realism import RealismAccumulator
 from ingest.synth.realism_plot import plot_realism
 from ingest.writers import EXTENSIONS, CatalogWriter
@@ -29,6 +32,8 @@ from pipeline.files import write_json
 #: the realism report written beside every box (:mod:`ingest.synth.realism`), and its plot page
 REALISM_JSON = "realism.json"
 REALISM_PNG = "realism.png"
+#: the per-host galaxy physics written beside every box (:data:`ingest.synth.galaxy_physics.HOST_PHYSICS`)
+HOST_PHYSICS_FILE = "host_physics.h5"
 
 DEFAULT_FORMAT = "hdf5"
 #: ``--format`` choices: (halo format, galaxy format)
@@ -50,6 +55,7 @@ class SynthResult:
     n_halos: int
     n_galaxies: int
     seconds: float
+    hosts: Path
 
 
 def output_paths(out_dir: str | os.PathLike[str], fmt: str) -> tuple[Path, Path]:
@@ -85,14 +91,17 @@ def synthesize(
     snap = config.snapshot
     total = cell_count(config)
     n_halos = n_galaxies = 0
+    host_path = out / HOST_PHYSICS_FILE
     realism = RealismAccumulator(config.box_size, config.redshift, config.cosmology)
     with (
         CatalogWriter(halo_path, HALOS, hfmt, snap) as halos,
         CatalogWriter(galaxy_path, GALAXIES, gfmt, snap) as galaxies,
+        CatalogWriter(host_path, HOST_PHYSICS, "hdf5", snap) as hosts,
     ):
         for done, cell in enumerate(_cells(config, workers), start=1):
             halos.append(cell.halos)
             galaxies.append(cell.galaxies)
+            hosts.append(cell.hosts)
             realism.add(cell.halos, cell.galaxies)
             n_halos += len(cell.halos["halo_id"])
             n_galaxies += len(cell.galaxies["galaxy_id"])
@@ -100,6 +109,7 @@ def synthesize(
                 progress(done, total)
         halos.commit()
         galaxies.commit()
+        hosts.commit()
     report = realism.report()
     write_json(out / REALISM_JSON, report, indent=1)
     plot_realism(report, out / REALISM_PNG)
@@ -111,9 +121,10 @@ def synthesize(
             "synth": config.to_dict(),
             "halos": {"file": halo_path.name, "format": hfmt, "rows": n_halos},
             "galaxies": {"file": galaxy_path.name, "format": gfmt, "rows": n_galaxies},
+            "host_physics": {"file": host_path.name, "format": "hdf5", "rows": hosts.rows},
         },
     )
-    return SynthResult(halo_path, galaxy_path, meta, n_halos, n_galaxies, time.perf_counter() - start)
+    return SynthResult(halo_path, galaxy_path, meta, n_halos, n_galaxies, time.perf_counter() - start, host_path)
 
 
 def _cells(config: SynthConfig, workers: int) -> Iterator[Cell]:

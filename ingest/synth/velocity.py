@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ingest.synth.galaxy_physics import GALAXY_PHYSICS, ScalarOrRange, sample_merger_boost
 from pipeline.cosmology import Cosmology
 
 #: Evrard+2008: sigma_DM = SIGMA_15 [h(z) M200c / 1e15 Msun]^ALPHA, 1-D, km/s.
@@ -16,8 +17,9 @@ EVRARD08_ALPHA = 0.3361
 EVRARD08_LN_SCATTER = 0.043
 #: A "merger" host has its dispersion raised by 10^U(lo, hi). Evrard et al. (2008)'s 4% scatter in ln sigma was
 #: measured on all haloes, disturbed ones included, so the extra tail is kept small (at most +12%, mean +6%): enough
-#: to give the distribution the mild high-side skew they report without double-counting the scatter.
-MERGER_BOOST_DEX = (0.0, 0.05)
+#: to give the distribution the mild high-side skew they report without double-counting the scatter. The box's
+#: default lives with the other per-host ranges (:data:`.galaxy_physics.GALAXY_PHYSICS`).
+MERGER_BOOST_DEX = GALAXY_PHYSICS.merger_boost_dex
 
 
 def evrard08_sigma_dm(m200c: np.ndarray | float, cosmology: Cosmology, redshift: float) -> np.ndarray:
@@ -36,28 +38,31 @@ def sample_host_dispersion(
     redshift: float,
     *,
     ln_scatter: float = EVRARD08_LN_SCATTER,
-    merger_fraction: float = 0.1,
-    merger_boost_dex: tuple[float, float] = MERGER_BOOST_DEX,
-) -> np.ndarray:
-    """Per-host 1-D dark-matter dispersion (km/s): Evrard+08 x exp(N(0, ln_scatter)), and for a random
-    ``merger_fraction`` of hosts an extra factor 10^U(merger_boost_dex) (the high tail of disturbed systems).
+    merger_fraction: np.ndarray | float = 0.1,
+    merger_boost_dex: ScalarOrRange = MERGER_BOOST_DEX,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-host 1-D dark-matter dispersion (km/s) and its merger boost (dex): Evrard+08 x exp(N(0, ln_scatter)),
+    and for a random ``merger_fraction`` of hosts (one value, or one per host) an extra factor 10^boost with the
+    boost uniform in ``merger_boost_dex`` (a (low, high) range, or one value); the boost is 0 for the others.
 
     Three variates are drawn per host whatever the parameters (reproducible streams).
     """
     mean = evrard08_sigma_dm(m200c, cosmology, redshift)
-    n = mean.shape
-    gauss = rng.standard_normal(n)
-    is_merger = rng.random(n) < merger_fraction
-    boost = rng.uniform(*merger_boost_dex, n)
-    return mean * np.exp(ln_scatter * gauss) * np.where(is_merger, 10.0**boost, 1.0)
+    gauss = rng.standard_normal(mean.shape)
+    boost = sample_merger_boost(rng, np.broadcast_to(merger_fraction, mean.shape), merger_boost_dex)
+    return mean * np.exp(ln_scatter * gauss) * 10.0**boost, boost
 
 
 def sample_satellite_velocities(
-    rng: np.random.Generator, host_velocity: np.ndarray, host_sigma: np.ndarray, velocity_bias: float = 1.0
+    rng: np.random.Generator,
+    host_velocity: np.ndarray,
+    host_sigma: np.ndarray,
+    velocity_bias: np.ndarray | float = 1.0,
 ) -> np.ndarray:
     """Satellite velocities (km/s, shape ``(n, 3)``): host velocity + N(0, velocity_bias x host_sigma) per axis.
 
-    ``host_velocity`` (n, 3) and ``host_sigma`` (n,) are already repeated per satellite.
+    ``host_velocity`` (n, 3), ``host_sigma`` (n,) and ``velocity_bias`` (one value, or (n,): the host's b_v) are
+    already repeated per satellite.
     """
     scale = (velocity_bias * np.asarray(host_sigma, dtype=np.float64))[:, None]
     return np.asarray(host_velocity, dtype=np.float64) + scale * rng.standard_normal((len(scale), 3))
