@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from features.sets import FEATURE_SETS
-from models.spec import KINDS, ModelSpec, TrainSpec
+from models.spec import EPISTEMIC, KINDS, ModelSpec, TrainSpec
 from pipeline.config import default
 from pipeline.errors import ConfigError
 
@@ -41,6 +41,10 @@ class TrainSection:
     n_components, n_bins, dropout) and :class:`TrainSpec` (ensemble, mc_samples, batch_size, max_epochs, patience,
     learning_rate, weight_decay, seed) fields; baseline_ensemble : members of the ``mse`` regression baseline (a
     point estimate has no use for an ensemble's spread; one member keeps the default run under 5 minutes).
+    epistemic : ``"ensemble"`` (default), ``"mc_dropout"`` (requires dropout > 0 and mc_samples > 1) or
+    ``"bayes_by_backprop"`` (one variational network, :mod:`models.bayes`; ``ensemble`` is ignored, dropout must be
+    0) with prior_scale, weight_draws and posterior_init_std (:class:`TrainSpec`). It applies to the density models;
+    the ``mse`` baseline is always a plain ensemble of ``baseline_ensemble`` members.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -62,6 +66,10 @@ class TrainSection:
     learning_rate: float = default(TrainSpec, "learning_rate")
     weight_decay: float = default(TrainSpec, "weight_decay")
     seed: int = default(TrainSpec, "seed")
+    epistemic: str = default(TrainSpec, "epistemic")
+    prior_scale: float = default(TrainSpec, "prior_scale")
+    weight_draws: int = default(TrainSpec, "weight_draws")
+    posterior_init_std: float = default(TrainSpec, "posterior_init_std")
     reuse: str = ""
 
     def __post_init__(self) -> None:
@@ -84,6 +92,14 @@ class TrainSection:
             raise ConfigError(f"models must be some of {list(KINDS)}, got {list(self.models)}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.epistemic not in EPISTEMIC:
+            raise ConfigError(f"epistemic must be one of {list(EPISTEMIC)}, got '{self.epistemic}'")
+        if self.epistemic == "mc_dropout" and not (self.dropout > 0 and self.mc_samples > 1):
+            raise ConfigError(f"epistemic = 'mc_dropout' requires dropout > 0 and mc_samples > 1 (dropout masks "
+                              f"averaged at prediction), got dropout = {self.dropout}, mc_samples = {self.mc_samples}")
+        if self.epistemic == "bayes_by_backprop" and self.dropout > 0:
+            raise ConfigError(f"epistemic = 'bayes_by_backprop' averages over weight draws, not dropout masks: set "
+                              f"dropout = 0, got {self.dropout}")
         for kind in self.models:  # the specs' own checks, before anything trains
             self.specs(kind)
 
@@ -99,5 +115,7 @@ class TrainSection:
         train = TrainSpec(ensemble=self.baseline_ensemble if kind == "mse" else self.ensemble,
                           mc_samples=self.mc_samples, batch_size=self.batch_size,
                           max_epochs=self.max_epochs, patience=self.patience, learning_rate=self.learning_rate,
-                          weight_decay=self.weight_decay, seed=self.seed)
+                          weight_decay=self.weight_decay, seed=self.seed,
+                          epistemic="ensemble" if kind == "mse" else self.epistemic, prior_scale=self.prior_scale,
+                          weight_draws=self.weight_draws, posterior_init_std=self.posterior_init_std)
         return spec, train

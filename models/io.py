@@ -3,7 +3,9 @@
 ``DIR/model.json`` — format version, kind, architecture and training configuration, feature names and order,
 feature and target scalers, the interim prior p_train on its grid, package versions, a digest of the training
 data, the train/validation split and per-member histories, and the SHA-256 of every parameter file.
-``DIR/member-K.msgpack`` — the parameters of ensemble member K.
+``DIR/member-K.msgpack`` — the parameters of ensemble member K; for ``epistemic = "bayes_by_backprop"`` the one
+member is the variational pytree ``{"loc": params, "rho": params}`` (:mod:`models.bayes`), and ``model.json``'s
+``"epistemic"`` records the method, the prior scale and the number of weight draws at prediction.
 Loading checks all of it and refuses a mismatched or corrupted file with one clear error. Writing is atomic: the
 directory appears complete or not at all.
 """
@@ -23,6 +25,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from models.bayes import init_variational
 from models.model import TARGET, TARGET_UNIT, TrainedModel
 from models.networks import init_params
 from models.prior import TrainingPrior
@@ -71,6 +74,7 @@ def save_model(directory: str | os.PathLike[str], model: TrainedModel, *,
         "training_data_sha256": model.data_digest,
         "split": model.split,
         "members": members,
+        "epistemic": epistemic_description(model.train),
         "versions": package_versions(),
         **(extra or {}),
     }
@@ -79,6 +83,27 @@ def save_model(directory: str | os.PathLike[str], model: TrainedModel, *,
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
+
+
+def epistemic_description(train: TrainSpec) -> dict[str, Any]:
+    """How the model represents weight uncertainty, for ``model.json`` (the values are also in ``"training"``)."""
+    out: dict[str, Any] = {"method": train.epistemic}
+    if train.epistemic == "bayes_by_backprop":
+        out |= {"prior_scale": train.prior_scale, "weight_draws": train.weight_draws,
+                "posterior_init_std": train.posterior_init_std,
+                "member": "variational {loc, rho}: weight ~ N(loc, softplus(rho)^2)"}
+    elif train.epistemic == "mc_dropout":
+        out |= {"mc_samples": train.mc_samples}
+    return out
+
+
+def parameter_template(spec: ModelSpec, train: TrainSpec, n_features: int) -> Any:
+    """The pytree a member file is read into: network parameters, or for ``bayes_by_backprop`` the variational
+    ``{"loc", "rho"}`` of :func:`models.bayes.init_variational`."""
+    key = jax.random.PRNGKey(0)
+    if train.epistemic == "bayes_by_backprop":
+        return init_variational(spec, n_features, key, init_std=train.posterior_init_std)
+    return init_params(spec, n_features, key)
 
 
 def read_description(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -125,7 +150,7 @@ def load_model(directory: str | os.PathLike[str], *, features: Sequence[str] | N
         extra = [f for f in features if f not in names]
         detail = f"missing {missing}, unexpected {extra}" if missing or extra else "same names, different order"
         raise InputError(d, f"features do not match the model's ({detail}); expected {list(names)}")
-    template = init_params(spec, len(names), jax.random.PRNGKey(0))
+    template = parameter_template(spec, train, len(names))
     members = []
     for info in member_info:
         path = d / info["file"]

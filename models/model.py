@@ -5,13 +5,13 @@ standardises features and target with training-split statistics only, estimates 
 trains ``train.ensemble`` members from different seeds and data orders.
 
 Predictions are in log10 M200c [Msun/h]: :func:`log_prob_grid` gives log q(M | x) on a grid for every observation
-(the equal-weight mixture over ensemble members and, with dropout and ``mc_samples > 1``, over dropout masks).
+(the equal-weight mixture over the networks of :func:`weight_sets`: ensemble members, dropout masks or weight draws).
 
-Why deep ensembles by default (3 members): they capture epistemic uncertainty better than MC dropout at equal
-cost in benchmarks (Lakshminarayanan et al. 2017; Ovadia et al. 2019), need no change to the network, and keep
-each member's aleatoric density exact; for cluster masses from ~1e5 training clusters the aleatoric width
-dominates, so a few members suffice. MC dropout is available with ``ModelSpec(dropout=...)`` and
-``TrainSpec(mc_samples=...)``.
+Epistemic uncertainty, ``TrainSpec.epistemic``: ``"ensemble"`` (default, 3 members: they capture epistemic
+uncertainty better than MC dropout at equal cost in benchmarks, Lakshminarayanan et al. 2017; Ovadia et al. 2019,
+need no change to the network and keep each member's aleatoric density exact), ``"mc_dropout"`` (``dropout > 0``,
+``mc_samples`` passes) or ``"bayes_by_backprop"`` (one mean-field Gaussian variational network,
+:mod:`models.bayes`, ``weight_draws`` draws at prediction). The README compares the three.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import densities
+from models.bayes import fit_bayes_by_backprop, predictive_members
 from models.networks import Network
 from models.prior import TrainingPrior
 from models.spec import History, ModelSpec, Standardizer, TrainSpec
@@ -107,8 +108,9 @@ def train_model(
     members, histories = [], []
     for k in range(train.ensemble):
         cb = None if progress is None else partial(progress, k)
-        params, hist = fit(spec, x_train=xs[tr], y_train=ys[tr], x_val=xs[val], y_val=ys[val], train=train,
-                           seed=train.seed + 1000 * k, progress=cb)
+        trainer = fit_bayes_by_backprop if train.epistemic == "bayes_by_backprop" else fit
+        params, hist = trainer(spec, x_train=xs[tr], y_train=ys[tr], x_val=xs[val], y_val=ys[val], train=train,
+                               seed=train.seed + 1000 * k, progress=cb)
         members.append(jax.device_get(params))
         histories.append(hist)
     model = TrainedModel(
@@ -138,7 +140,9 @@ class WeightSets:
 
     ``params``: every leaf (D, ...); ``keys``: (D, 2) dropout keys (unused when ``deterministic``). An ensemble of
     M members gives D = M; MC dropout with P passes gives D = M x P (each member's parameters repeated, one dropout
-    key per pass, the same masks for every block of rows).
+    key per pass, the same masks for every block of rows); Bayes by Backprop gives D = ``weight_draws`` draws from
+    the variational posterior (:func:`models.bayes.predictive_members`: fixed by the training seed, the draws its
+    early stopping scored).
     """
 
     params: Any
@@ -153,7 +157,7 @@ class WeightSets:
 def weight_sets(model: TrainedModel, *, seed: int = 0) -> WeightSets:
     """The stacked weight sets of ``model``'s predictive mixture (see :class:`WeightSets`)."""
     passes = _passes(model)
-    draws = [params for params in model.members for _ in range(passes)]
+    draws = [params for params in predictive_members(model.members, model.train) for _ in range(passes)]
     stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack([jnp.asarray(a) for a in leaves]), *draws)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(draws))
     return WeightSets(stacked, keys, deterministic=passes == 1)

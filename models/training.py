@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -66,21 +67,42 @@ def loss_fn(spec: ModelSpec, params: Any, x: jax.Array, y: jax.Array, key: jax.A
     return jnp.mean((out - y) ** 2)
 
 
-@partial(jax.jit, static_argnames=("spec", "opt", "batch_size", "n_batches"))
-def _epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array, *, spec: ModelSpec,
-           opt: optax.GradientTransformation, batch_size: int, n_batches: int) -> tuple[TrainState, jax.Array]:
+@dataclass(frozen=True)
+class SpecLoss:
+    """:func:`loss_fn` of one spec as a hashable callable ``(params, x, y, key) -> scalar`` (a static argument of
+    :func:`scan_epoch`: equal specs share one compilation)."""
+
+    spec: ModelSpec
+
+    def __call__(self, params: Any, x: jax.Array, y: jax.Array, key: jax.Array | None) -> jax.Array:
+        return loss_fn(self.spec, params, x, y, key)
+
+
+@partial(jax.jit, static_argnames=("loss", "opt", "batch_size", "n_batches"))
+def scan_epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array, *,
+               loss: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array], opt: optax.GradientTransformation,
+               batch_size: int, n_batches: int) -> tuple[TrainState, jax.Array]:
+    """One epoch: a random permutation cut into ``n_batches`` minibatches (the remainder is skipped), one optimizer
+    step per minibatch in a ``lax.scan``. ``loss(params, x, y, key)`` gets a fresh key per minibatch (dropout masks,
+    or weight draws in :mod:`models.bayes`). Returns the new state and the mean minibatch loss."""
     perm_key, drop_key = jax.random.split(key)
     perm = jax.random.permutation(perm_key, x.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
     drop_keys = jax.random.split(drop_key, n_batches)
 
     def step(st: TrainState, inputs):
         idx, dkey = inputs
-        loss, grads = jax.value_and_grad(partial(loss_fn, spec))(st.params, x[idx], y[idx], dkey)
+        value, grads = jax.value_and_grad(loss)(st.params, x[idx], y[idx], dkey)
         updates, opt_state = opt.update(grads, st.opt_state, st.params)
-        return TrainState(optax.apply_updates(st.params, updates), opt_state), loss
+        return TrainState(optax.apply_updates(st.params, updates), opt_state), value
 
     state, losses = jax.lax.scan(step, state, (perm, drop_keys))
     return state, jnp.mean(losses)
+
+
+def _epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array, *, spec: ModelSpec,
+           opt: optax.GradientTransformation, batch_size: int, n_batches: int) -> tuple[TrainState, jax.Array]:
+    """One epoch of :func:`loss_fn` (the ordinary, non-Bayesian loss); see :func:`scan_epoch`."""
+    return scan_epoch(state, x, y, key, loss=SpecLoss(spec), opt=opt, batch_size=batch_size, n_batches=n_batches)
 
 
 @partial(jax.jit, static_argnames=("spec",))
@@ -95,6 +117,64 @@ def evaluate(spec: ModelSpec, params: Any, x: np.ndarray, y: np.ndarray, chunk: 
         xb, yb = x[start:start + chunk], y[start:start + chunk]
         total += float(_eval_loss(params, jnp.asarray(xb), jnp.asarray(yb), spec=spec))
     return total / max(n, 1)
+
+
+def batching(n: int, train: TrainSpec) -> tuple[int, int]:
+    """``(batch, n_batches)`` for ``n`` training rows: the batch is at most ``n``, an epoch is ``n // batch`` steps."""
+    batch = min(train.batch_size, n)
+    return batch, max(1, n // batch)
+
+
+def optimise(
+    params: Any,
+    key: jax.Array,
+    *,
+    opt: optax.GradientTransformation,
+    epoch: Callable[[TrainState, jax.Array], tuple[TrainState, jax.Array]],
+    validate: Callable[[Any], float],
+    train: TrainSpec,
+    progress: Callable[[int, float, float], None] | None = None,
+    start: float | None = None,
+) -> tuple[Any, History]:
+    """The training loop shared by :func:`fit` and :func:`models.bayes.fit_bayes_by_backprop`.
+
+    From ``params`` (any pytree the optimizer ``opt`` of :func:`make_optimizer` accepts), run
+    ``epoch(state, epoch_key)`` (split from ``key`` once per epoch) and score it with ``validate(params)`` (lower is
+    better) until ``train.patience`` epochs without improvement, ``train.max_epochs``, or — schedule ``"plateau"`` — a
+    plateau at the smallest learning rate; on each plateau of ``train.plateau_patience`` epochs the best parameters
+    are restored and the rate multiplied by ``plateau_factor``. Returns the parameters of the best epoch and the
+    :class:`History` (``seconds`` counted from ``start``, default now). ``progress(epoch, train_loss, val_loss)``
+    is called after every epoch.
+    """
+    start = time.perf_counter() if start is None else start
+    state = TrainState(params, opt.init(params))
+    best_params, best_val, best_epoch, waited = params, np.inf, -1, 0
+    rate, plateau = train.learning_rate, 0
+    floor = train.learning_rate * train.final_lr_fraction
+    train_hist: list[float] = []
+    val_hist: list[float] = []
+    for e in range(train.max_epochs):
+        key, epoch_key = jax.random.split(key)
+        state, tr = epoch(state, epoch_key)
+        val = validate(state.params)
+        train_hist.append(float(tr))
+        val_hist.append(val)
+        if progress is not None:
+            progress(e, float(tr), val)
+        if np.isfinite(val) and val < best_val - 1e-5:
+            best_params, best_val, best_epoch, waited, plateau = state.params, val, e, 0, 0
+            continue
+        waited += 1
+        plateau += 1
+        if waited >= train.patience:
+            break
+        if train.schedule == "plateau" and plateau >= train.plateau_patience:
+            if rate <= floor * (1 + 1e-6):
+                break  # a plateau at the smallest rate: converged
+            rate, plateau = max(rate * train.plateau_factor, floor), 0
+            state = TrainState(best_params, set_learning_rate(state.opt_state, rate))
+    history = History(tuple(train_hist), tuple(val_hist), best_epoch, time.perf_counter() - start)
+    return best_params, history
 
 
 def fit(
@@ -117,38 +197,15 @@ def fit(
     y = jnp.asarray(y_train, dtype=jnp.float32)
     xv = np.asarray(x_val, dtype=np.float32)
     yv = np.asarray(y_val, dtype=np.float32)
-    n = x.shape[0]
-    batch = min(train.batch_size, n)
-    n_batches = max(1, n // batch)
+    batch, n_batches = batching(x.shape[0], train)
     opt = make_optimizer(train, n_batches)
     key = jax.random.PRNGKey(seed)
     key, init_key = jax.random.split(key)
     params = init_params(spec, x.shape[1], init_key)
-    state = TrainState(params, opt.init(params))
-    best_params, best_val, best_epoch, waited = params, np.inf, -1, 0
-    rate, plateau = train.learning_rate, 0
-    floor = train.learning_rate * train.final_lr_fraction
-    train_hist: list[float] = []
-    val_hist: list[float] = []
-    for epoch in range(train.max_epochs):
-        key, epoch_key = jax.random.split(key)
-        state, tr = _epoch(state, x, y, epoch_key, spec=spec, opt=opt, batch_size=batch, n_batches=n_batches)
-        val = evaluate(spec, state.params, xv, yv)
-        train_hist.append(float(tr))
-        val_hist.append(val)
-        if progress is not None:
-            progress(epoch, float(tr), val)
-        if np.isfinite(val) and val < best_val - 1e-5:
-            best_params, best_val, best_epoch, waited, plateau = state.params, val, epoch, 0, 0
-            continue
-        waited += 1
-        plateau += 1
-        if waited >= train.patience:
-            break
-        if train.schedule == "plateau" and plateau >= train.plateau_patience:
-            if rate <= floor * (1 + 1e-6):
-                break  # a plateau at the smallest rate: converged
-            rate, plateau = max(rate * train.plateau_factor, floor), 0
-            state = TrainState(best_params, set_learning_rate(state.opt_state, rate))
-    history = History(tuple(train_hist), tuple(val_hist), best_epoch, time.perf_counter() - start)
-    return best_params, history
+    loss = SpecLoss(spec)
+
+    def epoch(state: TrainState, epoch_key: jax.Array) -> tuple[TrainState, jax.Array]:
+        return scan_epoch(state, x, y, epoch_key, loss=loss, opt=opt, batch_size=batch, n_batches=n_batches)
+
+    return optimise(params, key, opt=opt, epoch=epoch, validate=lambda p: evaluate(spec, p, xv, yv), train=train,
+                    progress=progress, start=start)
