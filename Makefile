@@ -34,6 +34,14 @@ $(VENV)/.installed-test: $(VENV)/.installed-run
 	$(PIP) install $(PIPFLAGS) -c constraints.txt -e '.[test]'
 	@touch $@
 
+# tests/test_slurm.py against the SLURM running here, failing (not skipping) when there is none: start a single-node
+# SLURM on this machine first with `sudo .ci/slurm-setup.sh`. About 4 minutes on 2 cores; stopped after 20.
+SLURM_TEST_TIMEOUT ?= 1200
+.PHONY: test-slurm
+test-slurm: $(VENV)/.installed-test
+	CLUSTERMASS_REQUIRE_SLURM=1 timeout -s INT -k 60 $(SLURM_TEST_TIMEOUT) \
+		$(BIN)/python -m pytest tests/test_slurm.py $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
