@@ -2,10 +2,13 @@
 
 Every task reads its inputs from files, writes its outputs into the run directory under temporary names renamed
 when complete, and returns a small :class:`~flows.keys.StageResult` (output stamps, a content digest, facts) that
-Prefect persists in the run directory. Parameters are paths, configuration dictionaries and the content digests
-of the files read, so ``cache_policy = INPUTS + TASK_SOURCE`` re-runs a task exactly when what it reads, how it
-is configured, or its code changes. Parameters that change only speed or verbosity (``workers``, ``quiet``) are
-left out of the key. I/O-bound stages retry with exponential backoff; compute stages fail fast.
+Prefect persists in the run directory as JSON (:class:`~flows.keys.StageResultSerializer`: data, never a pickle).
+Parameters are paths, configuration dictionaries and the content digests of the files read, so
+``cache_policy = INPUTS + TASK_SOURCE`` re-runs a task exactly when what it reads, how it is configured, or its code
+changes. Paths inside the run directory are passed, and returned, relative to it (:func:`flows.keys.relative`);
+the run directory itself (``run_dir``) and parameters that change only speed or verbosity (``workers``,
+``quiet``) are left out of the key, so a copied or moved run directory keeps its cache. I/O-bound stages retry with
+exponential backoff; compute stages fail fast.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 
-from flows.keys import StageResult, content_digest, sha256_file, stamp
+from flows.keys import StageResult, StageResultSerializer, at, content_digest, relative, sha256_file, stamp
 from pipeline.errors import ClusterMassError
 from pipeline.files import write_json
 from pipeline.progress import Progress
 from pipeline.provenance import digest_json
 
-CACHED = INPUTS + TASK_SOURCE - "workers" - "quiet"
+CACHED = INPUTS + TASK_SOURCE - "run_dir" - "workers" - "quiet"
+SERIALIZER = StageResultSerializer()  # results are JSON data: nothing in a run directory is ever unpickled
+STAGE: dict[str, Any] = {"cache_policy": CACHED, "persist_result": True, "result_serializer": SERIALIZER}
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -46,38 +51,39 @@ def _snapshot(snapshot: dict | None):
     return None if snapshot is None else Snapshot.from_dict(snapshot)
 
 
-def _open_catalogs(halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
+def _open_catalogs(run_dir: str, halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
                    snapshot: dict | None):
-    """Both catalogs, lazily (dask), with the configured snapshot when given."""
+    """Both catalogs (paths relative to ``run_dir``, or absolute), lazily (dask), with the configured snapshot."""
     from ingest.catalog import read_galaxies, read_halos
 
     snap = _snapshot(snapshot)
-    return (read_halos(halos, format=halo_format, snapshot=snap),
-            read_galaxies(galaxies, format=galaxy_format, snapshot=snap))
+    return (read_halos(at(run_dir, halos), format=halo_format, snapshot=snap),
+            read_galaxies(at(run_dir, galaxies), format=galaxy_format, snapshot=snap))
 
 
 # -- synth ---------------------------------------------------------------------------------------------------------
-@task(name="synth", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
-def synth_box(synth: dict[str, Any], fmt: str, box_dir: str, code: str, workers: int = 2,
+@task(name="synth", **STAGE, **IO_RETRIES)
+def synth_box(run_dir: str, synth: dict[str, Any], fmt: str, box_dir: str, code: str, workers: int = 2,
               quiet: bool = True) -> StageResult:
-    """Write the synthetic MultiDark-style box ``synth`` (a :class:`SynthConfig` as a dict) into ``box_dir``."""
+    """Write the synthetic MultiDark-style box ``synth`` (a :class:`SynthConfig` as a dict) into ``box_dir``
+    (relative to ``run_dir``)."""
     from ingest.synth.box import SynthConfig
     from ingest.synth.synthesize import output_paths, synthesize
 
     config = SynthConfig(**synth)
-    get_run_logger().info("synthesising a %.0f Mpc/h box (seed %d) into %s", config.box_size, config.seed, box_dir)
-    synthesize(box_dir, config, fmt=fmt, workers=workers, progress=Progress("synth cells", enabled=not quiet))
-    halos, galaxies = output_paths(box_dir, fmt)
-    files = [halos, galaxies, Path(box_dir) / "snapshot.json"]
-    return StageResult(stamp(files), content_digest(files),
-                       {"halos": str(halos), "galaxies": str(galaxies), "format": fmt})
+    target = at(run_dir, box_dir)
+    get_run_logger().info("synthesising a %.0f Mpc/h box (seed %d) into %s", config.box_size, config.seed, target)
+    synthesize(target, config, fmt=fmt, workers=workers, progress=Progress("synth cells", enabled=not quiet))
+    halos, galaxies = output_paths(target, fmt)
+    files = [halos, galaxies, target / "snapshot.json"]
+    return StageResult(stamp(files, run_dir), content_digest(files),
+                       {"halos": relative(halos, run_dir), "galaxies": relative(galaxies, run_dir), "format": fmt})
 
 
 # -- ingest --------------------------------------------------------------------------------------------------------
-@task(name="ingest", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
-def ingest_catalogs(halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
-                    snapshot: dict | None, inputs_digest: str, run_dir: str, cuts: dict[str, float],
-                    code: str) -> StageResult:
+@task(name="ingest", **STAGE, **IO_RETRIES)
+def ingest_catalogs(run_dir: str, halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
+                    snapshot: dict | None, inputs_digest: str, cuts: dict[str, float], code: str) -> StageResult:
     """Read both catalogs (dask, out of core), check them and write ``ingest/summary.json``.
 
     ``cuts``: the host mass and stellar-mass cuts the summary counts above (``host_log10_m200c_min``,
@@ -86,49 +92,51 @@ def ingest_catalogs(halos: str, galaxies: str, halo_format: str | None, galaxy_f
     """
     from ingest.summary import summarise
 
-    h, g = _open_catalogs(halos, galaxies, halo_format, galaxy_format, snapshot)
+    h, g = _open_catalogs(run_dir, halos, galaxies, halo_format, galaxy_format, snapshot)
     summary = summarise(h, g, **cuts)
     path = write_json(Path(run_dir) / "ingest" / "summary.json", summary, indent=2)
     get_run_logger().info("ingested %d halos and %d galaxies", summary["halos"]["rows"], summary["galaxies"]["rows"])
     snap = h.snapshot.to_dict()
-    return StageResult(stamp([path]), digest_json({"inputs": inputs_digest, "snapshot": snap}),
+    return StageResult(stamp([path], run_dir), digest_json({"inputs": inputs_digest, "snapshot": snap}),
                        {"snapshot": snap, "summary": summary})
 
 
 # -- features: plan, regions (mapped), assembly ---------------------------------------------------------------------
-@task(name="features-plan", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
-def plan_features(halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
+@task(name="features-plan", **STAGE, **IO_RETRIES)
+def plan_features(run_dir: str, halos: str, galaxies: str, halo_format: str | None, galaxy_format: str | None,
                   snapshot: dict | None, ingest_digest: str, observe: dict[str, Any], plan_dir: str,
                   code: str) -> StageResult:
-    """Select the hosts and stream the galaxies once into per-region bucket files under ``plan_dir``."""
+    """Select the hosts and stream the galaxies once into per-region bucket files under ``plan_dir`` (relative to
+    ``run_dir``)."""
     from features.config import ObserveSection
     from features.io import save_plan
     from features.observe import plan_observations
 
-    h, g = _open_catalogs(halos, galaxies, halo_format, galaxy_format, snapshot)
-    plan = plan_observations(h, g, ObserveSection(**observe).observation_config(), plan_dir)
+    h, g = _open_catalogs(run_dir, halos, galaxies, halo_format, galaxy_format, snapshot)
+    plan = plan_observations(h, g, ObserveSection(**observe).observation_config(), at(run_dir, plan_dir))
     files = save_plan(plan)
     get_run_logger().info("%d hosts, %d region jobs", len(plan.hosts), len(plan.jobs))
-    return StageResult(stamp(files), digest_json({"ingest": ingest_digest, "observe": observe, "code": code}),
+    return StageResult(stamp(files, run_dir), digest_json({"ingest": ingest_digest, "observe": observe, "code": code}),
                        {"jobs": [j.to_dict() for j in plan.jobs], "n_hosts": len(plan.hosts)})
 
 
-@task(name="features-region", cache_policy=CACHED, persist_result=True)
-def observe_region_task(plan_dir: str, job: dict[str, Any], plan_digest: str, region_path: str,
+@task(name="features-region", **STAGE)
+def observe_region_task(run_dir: str, plan_dir: str, job: dict[str, Any], plan_digest: str, region_path: str,
                         code: str) -> StageResult:
-    """Cylinder search and features of one region job's hosts; writes ``region_path`` (.npz)."""
+    """Cylinder search and features of one region job's hosts; writes ``region_path`` (.npz; paths relative to
+    ``run_dir``)."""
     from features.io import load_plan, write_region
     from features.observe import RegionJob, observe_region
 
-    plan = load_plan(plan_dir)
+    plan = load_plan(at(run_dir, plan_dir))
     region = RegionJob(**job)
     table, members = observe_region(plan, region)
-    path = write_region(region_path, table, members)
-    return StageResult(stamp([path]), sha256_file(path), {"rows": len(table)})
+    path = write_region(at(run_dir, region_path), table, members)
+    return StageResult(stamp([path], run_dir), sha256_file(path), {"rows": len(table)})
 
 
-@task(name="features-assemble", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
-def assemble_features(plan_dir: str, region_paths: list[str], region_digests: list[str], run_dir: str,
+@task(name="features-assemble", **STAGE, **IO_RETRIES)
+def assemble_features(run_dir: str, plan_dir: str, region_paths: list[str], region_digests: list[str],
                       code: str) -> StageResult:
     """Concatenate the regions, apply ``min_members``, write ``observations/`` and ``members.h5``.
 
@@ -137,22 +145,23 @@ def assemble_features(plan_dir: str, region_paths: list[str], region_digests: li
     from features.io import load_plan, read_region, write_observations
     from features.observe import combine_observations, remove_buckets
 
-    plan = load_plan(plan_dir)
-    obs = combine_observations(plan, [read_region(p) for p in region_paths])
+    plan = load_plan(at(run_dir, plan_dir))
+    obs = combine_observations(plan, [read_region(at(run_dir, p)) for p in region_paths])
     obs_dir, members = write_observations(run_dir, obs)
-    remove_buckets(plan_dir)
+    remove_buckets(at(run_dir, plan_dir))
     get_run_logger().info("%d observations of %d hosts kept, %d dropped (< %d members)", len(obs.table),
                           obs.n_hosts, obs.dropped["total"], plan.config.cylinder.min_members)
-    return StageResult(stamp([obs_dir, members]), content_digest([obs_dir], root=run_dir),
+    return StageResult(stamp([obs_dir, members], run_dir), content_digest([obs_dir], root=run_dir),
                        {"observations": len(obs.table), "hosts": obs.n_hosts, "dropped": obs.dropped,
-                        "dir": str(obs_dir), "members": str(members)})
+                        "dir": relative(obs_dir, run_dir), "members": relative(members, run_dir)})
 
 
 # -- training ------------------------------------------------------------------------------------------------------
-@task(name="train", cache_policy=CACHED, persist_result=True)
+@task(name="train", **STAGE)
 def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], model_dir: str, code: str,
                  quiet: bool = True) -> StageResult:
-    """Train the configured models and the M-sigma baseline on the non-test hosts; write ``model_dir``.
+    """Train the configured models and the M-sigma baseline on the non-test hosts; write ``model_dir`` (relative to
+    ``run_dir``).
 
     The directory appears whole: it is trained into a hidden sibling and renamed.
     """
@@ -163,7 +172,7 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
     table, meta = load_observation_table(run_dir)
     section = TrainSection(**{k: v for k, v in train.items() if k != "reuse"})
     members = read_members(run_dir) if set(section.feature_sets) - {"full"} else None
-    target = Path(model_dir)
+    target = at(run_dir, model_dir)
     tmp = target.with_name(f".{target.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     summary = train_stage(table, section, tmp, quiet=quiet, members=members,
@@ -171,8 +180,8 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
-    summary = json.loads(json.dumps(summary).replace(str(tmp), str(target)))
-    return StageResult(stamp([target]), content_digest([target], root=target), summary)
+    summary = json.loads(json.dumps(summary).replace(str(tmp), relative(target, run_dir)))
+    return StageResult(stamp([target], run_dir), content_digest([target], root=target), summary)
 
 
 # -- inference: catalogs and validation ----------------------------------------------------------------------------
@@ -182,7 +191,7 @@ def _catalog_rows(run_dir: str, model_dir: str, rows: str, *, with_members: bool
     from models.stage import held_out_mask
 
     table, _ = load_observation_table(run_dir)
-    mask = np.ones(len(table), bool) if rows == "all" else held_out_mask(table, Path(model_dir))
+    mask = np.ones(len(table), bool) if rows == "all" else held_out_mask(table, at(run_dir, model_dir))
     selected = table[mask].reset_index(drop=True)
     if not with_members:
         return selected
@@ -193,7 +202,7 @@ ROWS_DESCRIPTION = {"held-out": "held-out test hosts (never seen in training)",
                     "all": "every observation (the model was trained elsewhere)"}
 
 
-@task(name="catalogs", cache_policy=CACHED, persist_result=True, **IO_RETRIES)
+@task(name="catalogs", **STAGE, **IO_RETRIES)
 def write_catalogs(run_dir: str, observations_digest: str, model_dir: str, model_digest: str, prior: str,
                    prior_digest: str, main: str, rows: str, snapshot: dict, config_digest: str,
                    code: str) -> StageResult:
@@ -201,13 +210,15 @@ def write_catalogs(run_dir: str, observations_digest: str, model_dir: str, model
     from catalogs.stage import catalog_stage
 
     table = _catalog_rows(run_dir, model_dir, rows)
-    paths = catalog_stage(table, model_dir, run_dir, prior=prior, snapshot=_snapshot(snapshot), main=main,
+    paths = catalog_stage(table, at(run_dir, model_dir), run_dir, prior=prior, snapshot=_snapshot(snapshot), main=main,
                           rows=ROWS_DESCRIPTION[rows], config_digest=config_digest)
     get_run_logger().info("catalogs of %d observations: %s", len(table), ", ".join(map(str, paths)))
-    return StageResult(stamp(paths), digest_json(stamp(paths)), {"rows": len(table), "files": list(map(str, paths))})
+    stamps = stamp(paths, run_dir)
+    return StageResult(stamps, digest_json(stamps),
+                       {"rows": len(table), "files": [relative(p, run_dir) for p in paths]})
 
 
-@task(name="validate", cache_policy=CACHED, persist_result=True)
+@task(name="validate", **STAGE)
 def validate_models(run_dir: str, observations_digest: str, model_dir: str, model_digest: str, prior: str,
                     prior_digest: str, main: str, rows: str, snapshot: dict, code: str) -> StageResult:
     """Accuracy, calibration and the baselines on the ``rows`` observations: ``validation/`` (metrics + plots)."""
@@ -215,11 +226,12 @@ def validate_models(run_dir: str, observations_digest: str, model_dir: str, mode
 
     table, members = _catalog_rows(run_dir, model_dir, rows, with_members=True)
     out = Path(run_dir) / "validation"
-    metrics = validate_stage(table, model_dir, out, members=members, prior=prior, main=main,
+    metrics = validate_stage(table, at(run_dir, model_dir), out, members=members, prior=prior, main=main,
                              snapshot=_snapshot(snapshot))
     keys = ("n_test", "scatter_dex", "bias_dex", "coverage_68", "coverage_95", "msigma_scatter_dex",
             "msigma_bias_dex")
     summary = {k: metrics[k] for k in keys if k in metrics}
     if "acceptance" in metrics:
         summary["acceptance"] = metrics["acceptance"]
-    return StageResult(stamp([out]), digest_json(stamp([out])), summary)
+    stamps = stamp([out], run_dir)
+    return StageResult(stamps, digest_json(stamps), summary)

@@ -1,4 +1,5 @@
-"""The Prefect flow `mass_catalog` end to end on a tiny synthetic box: outputs, caching, invalidation, resume.
+"""The Prefect flow `mass_catalog` end to end on a tiny synthetic box: outputs, caching, invalidation, resume, a
+cache that travels with its run directory and holds data only (issue 14).
 
 One temporary Prefect server serves the module (``prefect_harness``). Cache behaviour is asserted on the final
 states of the task runs (``Cached`` / ``Completed``), which the flow reports per stage in its summary and which
@@ -7,8 +8,11 @@ are checked once against Prefect's API too — never on timings.
 
 from __future__ import annotations
 
+import base64
+import builtins
+import json
 import os
-import shutil
+import pickle
 import signal
 import subprocess
 import sys
@@ -19,7 +23,8 @@ import numpy as np
 import pytest
 
 from catalogs.io import read_catalog
-from flows.mass_catalog import STAGES, run
+from flows.keys import check_record
+from flows.mass_catalog import RESULTS_DIR, STAGES, run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -98,12 +103,19 @@ def test_second_run_hits_the_cache_for_every_stage(first_run):
     assert {tr.name.rsplit("-", 1)[0] for tr in task_runs} == set(STAGES)
 
 
-def test_changed_cylinder_reruns_features_and_after_only(first_run, tmp_path):
+def copy_run(src: Path, dst: Path) -> Path:
+    """``cp -a``: the run directory elsewhere, with its files' modification times."""
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    return dst
+
+
+def test_a_copied_run_directory_keeps_its_cache_and_a_changed_cylinder_reruns_features_and_after(first_run,
+                                                                                                   tmp_path):
     cfg, out, _ = first_run
-    work = tmp_path / "run"
-    shutil.copytree(out, work)  # a copy: the cache lives in the run directory, keyed by its path
+    work = copy_run(out, tmp_path / "run")
     first = run(cfg, work)
-    assert set(states(first).values()) == {"Completed"}  # a new directory is a new cache
+    assert states(first) == dict.fromkeys(STAGES, "Cached")  # keys and results hold no absolute run directory
+    assert first["outputs"]["catalog_h5"] == str(work.resolve() / "catalog.h5")
     changed = tmp_path / "changed.toml"
     changed.write_text(cfg.read_text().replace("min_members = 5", "min_members = 5\nr_aperture = 1.4"))
     summary = run(changed, work)
@@ -166,7 +178,8 @@ def test_bad_input_inside_the_flow_is_one_error_line_and_not_retried(tmp_path):
         m[5] = -1.0
         fh["m200c"][:] = m
     cfg = tmp_path / "bad.toml"
-    cfg.write_text('[input]\nhalos = "box/halos.h5"\ngalaxies = "box/galaxies.h5"\n')
+    # v_cut: a 1200 km/s cylinder is 25 Mpc/h deep at z = 0.117, within half this 60 Mpc/h box
+    cfg.write_text('[input]\nhalos = "box/halos.h5"\ngalaxies = "box/galaxies.h5"\n[observe]\nv_cut = 1200.0\n')
     proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(cfg), "--out",
                            str(tmp_path / "run"), "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
@@ -192,11 +205,61 @@ def test_retries_are_for_transient_failures_only():
     assert not transient(None, None, Failed(InputError("halos.h5", "bad row")))
 
 
-def test_dask_task_runner_gives_the_same_catalogs(first_run, tmp_path):
-    """[runner] kind = "dask" (a local cluster of threads): every stage submitted to dask, same results."""
+def test_recompute_on_the_dask_runner_reruns_every_stage_to_the_same_catalogs(first_run, tmp_path):
+    """`run --recompute` ignores a complete cache and refreshes it; [runner] kind = "dask" (a local cluster of
+    threads) runs every stage to the same results."""
     cfg, reference, _ = first_run
+    work = copy_run(reference, tmp_path / "run")
     dask_cfg = tmp_path / "dask.toml"
     dask_cfg.write_text(cfg.read_text() + '[runner]\nkind = "dask"\nworkers = 2\n')
-    summary = run(dask_cfg, tmp_path / "run")
-    assert set(states(summary).values()) == {"Completed"}
-    assert_same_catalogs(reference, tmp_path / "run")
+    summary = run(dask_cfg, work, recompute=True)
+    assert states(summary) == dict.fromkeys(STAGES, "Completed")
+    assert_same_catalogs(reference, work)
+    # every output was rewritten (new mtimes), so only refreshed cache records (new stamps) can serve this run
+    assert states(run(cfg, work)) == dict.fromkeys(STAGES, "Cached")
+
+
+class Payload:
+    """Unpickling this creates ``marker``: proof that a pickle from the run directory ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return builtins.open, (self.marker, "w")
+
+
+def test_pickles_planted_in_the_cache_run_nothing_and_are_recomputed(first_run, tmp_path):
+    """Every cached result of a finished run replaced by a pickle that would create a marker file — in the forms
+    Prefect's own storage unpickles (tests/test_flow_trust.py) — then a re-run: nothing runs, every stage
+    recomputes, the catalogs are the same, and the rewritten cache serves the next run."""
+    cfg, reference, _ = first_run
+    work = copy_run(reference, tmp_path / "run")
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps(Payload(marker))
+    files = sorted(p for p in (work / RESULTS_DIR).iterdir() if p.is_file())
+    assert len(files) >= len(STAGES)
+    for i, f in enumerate(files):
+        if i % 3 == 0:  # a pickle as Prefect's pickle serializer writes one (base64)
+            f.write_bytes(base64.encodebytes(blob))
+        elif i % 3 == 1:  # raw pickle opcodes before the record
+            f.write_bytes(blob + f.read_bytes())
+        else:  # a well-formed record that names the pickle serializer
+            record = json.loads(f.read_bytes())
+            record["metadata"]["serializer"] = {"type": "pickle", "picklelib": "pickle"}
+            record["result"] = base64.encodebytes(blob).decode()
+            f.write_text(json.dumps(record))
+    summary = run(cfg, work)
+    assert not marker.exists()
+    assert states(summary) == dict.fromkeys(STAGES, "Completed")
+    assert_same_catalogs(reference, work)
+    assert states(run(cfg, work)) == dict.fromkeys(STAGES, "Cached")
+    assert not marker.exists()
+
+    def outputs(f: Path) -> dict:
+        try:
+            return json.loads(json.loads(check_record(f.read_bytes()))["result"])["outputs"]
+        except ValueError:
+            return {}
+
+    assert any("box/halos.h5" in outputs(f) for f in files)  # the synth stage's planted record was overwritten
