@@ -2,15 +2,19 @@
 
 ``clustermass infer --members GALAXIES --clusters CENTRES --model DIR --out OUT``:
 
-* ``CENTRES`` (CSV, ECSV or FITS): ``id`` (integer), ``ra``, ``dec`` [deg], ``z``;
+* ``CENTRES`` (CSV, ECSV, FITS or HDF5): ``id`` (integer), ``ra``, ``dec`` [deg], ``z``;
 * ``GALAXIES``: ``ra``, ``dec`` [deg], ``z``, and optionally ``log10_mstar`` [log10 Msun] (then a model with stellar
   masses may answer, under its stellar-mass floor).
+
+Both are read and checked by :mod:`inference.member_table` (units converted where the file states them).
 
 For each cluster the galaxies inside the model's cylinder (comoving projected radius and line-of-sight velocity
 window of :func:`features.sky.project`, with the model's cosmology) are its members; the features, the corrected
 posterior and the diagnostics (:mod:`inference.diagnostics`) follow exactly as in ``clustermass query``. Rows that
-cannot be used — a non-finite or out-of-range coordinate, a duplicate id, a cluster with too few members — are
-skipped, counted and named (file, row, column) in the returned report; nothing is dropped silently.
+cannot be used — an empty cell, a non-finite or out-of-range value, a galaxy repeating an earlier row, a duplicate
+id, a cluster with too few members — are skipped, counted and named (file, row, column) in the returned report;
+nothing is dropped silently. What no row can fix (both sky and projected coordinates, a unit that cannot be
+converted, a value that is not a number, stellar masses that look linear) is refused with one error line.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from features.definitions import compute_features
 from features.sets import CODES, INPUTS
 from features.sky import angular_separation, comoving_distance
 from features.sky import project as sky_project
+from inference.member_table import SKY, checked_rows, open_centres, open_members, skipped, unit_notes
 from inference.posterior import SUMMARY_COLUMNS, prepare
 from inference.priors import DEFAULT_PRIOR
-from inference.query import ABSOLUTE_MIN_MEMBERS, REDSHIFT_TOLERANCE, choose_model, read_members
+from inference.query import ABSOLUTE_MIN_MEMBERS, REDSHIFT_TOLERANCE, choose_model
 from inference.selection import require_magnitudes, select_members, uses_stellar_masses
-from models.io import load_model
+from models.io import integrity_warning, load_model
 from pipeline.errors import InputError
 from pipeline.provenance import code_version, model_digest, now
 from pipeline.snapshot import Snapshot
@@ -51,32 +56,8 @@ class RealReport:
     skipped_clusters: list[str] = field(default_factory=list)
     skipped_galaxies: list[str] = field(default_factory=list)
     considered: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _numbers(table: Any, name: str, path: Path) -> np.ndarray:
-    """A numeric column (NaN where a cell is empty or not a number), or an error naming the file and column."""
-    if name not in table.colnames:
-        raise InputError(path, f"expected a column '{name}'; found {sorted(table.colnames)}", column=name)
-    col = table[name]
-    try:
-        values = np.ma.filled(np.ma.asarray(col, dtype=np.float64), np.nan)
-    except (TypeError, ValueError):
-        raise InputError(path, f"expected numbers, found {col.dtype} values", column=name) from None
-    return np.asarray(values, dtype=np.float64)
-
-
-def _valid_sky(path: Path, ra: np.ndarray, dec: np.ndarray, z: np.ndarray, what: str) -> tuple[np.ndarray, list[str]]:
-    """Rows with finite ra in [0, 360), dec in [-90, 90] and 0 < z < 2; the others named (1-based data rows)."""
-    problems = []
-    ok = np.ones(len(ra), bool)
-    for name, values, bad in (("ra", ra, ~(np.isfinite(ra) & (ra >= 0) & (ra < 360))),
-                              ("dec", dec, ~(np.isfinite(dec) & (np.abs(dec) <= 90))),
-                              ("z", z, ~(np.isfinite(z) & (z > 0) & (z < 2)))):
-        for row in np.flatnonzero(bad & ok)[:20]:
-            problems.append(f"{path}: column '{name}', row {row + 1}: {what} skipped, value {values[row]!r} is not "
-                            f"a valid {name}")
-        ok &= ~bad
-    return ok, problems
+    #: warnings and unit conversions, one line each
+    notes: list[str] = field(default_factory=list)
 
 
 def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.PathLike[str],
@@ -86,8 +67,11 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
     from the galaxies of ``members_path`` (see the module docstring). ``far_redshift``: ``"warn"`` flags
     (REDSHIFT) clusters further than the tolerance from the model's snapshot redshift, ``"refuse"`` skips them."""
     gpath, cpath, out = Path(members_path), Path(clusters_path), Path(out)
-    galaxies, clusters = read_members(gpath), read_members(cpath)
-    has_mstar = "log10_mstar" in galaxies.colnames
+    galaxies, clusters = open_members(gpath), open_centres(cpath)
+    if galaxies.system != "sky":
+        raise InputError(gpath, "expected sky coordinates ra, dec [deg] and z for a galaxy table (projected r_proj, "
+                                "v_los belong to one cluster: use `clustermass query`)")
+    has_mstar = galaxies.has("log10_mstar")
     directory, description, feature_set, considered = choose_model(model_path, has_mstar, members_path=gpath)
     model = load_model(directory)
     meta = description.get("observations") or {}
@@ -96,23 +80,23 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
     cyl = meta["config"]["cylinder"]
     snap = Snapshot.from_dict(meta["snapshot"])
     uses_mstar = uses_stellar_masses(feature_set)
-    require_magnitudes(cyl, snap, "mag_r" in galaxies.colnames, gpath)
-
-    g_ra, g_dec, g_z = (_numbers(galaxies, k, gpath) for k in ("ra", "dec", "z"))
-    g_ok, g_problems = _valid_sky(gpath, g_ra, g_dec, g_z, "galaxy")
-    g_m = _numbers(galaxies, "log10_mstar", gpath) if has_mstar else np.full(len(g_ra), np.nan)
-    g_mag = _numbers(galaxies, "mag_r", gpath) if "mag_r" in galaxies.colnames else None
-    if uses_mstar:
-        linear = g_ok & (g_m > 20)
-        if linear.any():
-            raise InputError(gpath, f"expected log10 stellar masses [log10 Msun], found {g_m[linear][0]:g} (a linear "
-                                    "mass?)", column="log10_mstar", row=int(np.flatnonzero(linear)[0]) + 1)
-    skipped_galaxies = [*g_problems]
-    if (~g_ok).sum() > len(g_problems):
+    require_magnitudes(cyl, snap, galaxies.has("mag_r"), gpath)
+    names = [*SKY, *(["log10_mstar"] if uses_mstar else []), *(["mag_r"] if cyl.get("r_limit") is not None else [])]
+    g_checked = checked_rows(galaxies, names, h=snap.cosmology.h)
+    g_ok = ~g_checked.bad()
+    g_ra, g_dec, g_z = (g_checked.values[k] for k in SKY)
+    g_m = g_checked.values.get("log10_mstar", np.full(len(g_ra), np.nan))
+    g_mag = g_checked.values.get("mag_r")
+    notes = [w for w in (integrity_warning(directory, description),) if w]
+    notes += unit_notes(galaxies, names, h=snap.cosmology.h) + unit_notes(clusters, SKY)
+    skipped_galaxies = skipped(galaxies, g_checked, "galaxy")
+    if (~g_ok).any():
         skipped_galaxies.append(f"{gpath}: {int((~g_ok).sum())} galaxy rows skipped in all")
-    ids = _numbers(clusters, "id", cpath)
-    c_ra, c_dec, c_z = (_numbers(clusters, k, cpath) for k in ("ra", "dec", "z"))
-    c_ok, skipped_clusters = _valid_sky(cpath, c_ra, c_dec, c_z, "cluster")
+    c_checked = checked_rows(clusters, SKY, h=snap.cosmology.h, duplicates=False)
+    c_ok = ~c_checked.bad()
+    c_ra, c_dec, c_z = (c_checked.values[k] for k in SKY)
+    skipped_clusters = skipped(clusters, c_checked, "cluster")
+    ids, _ = clusters.values("id")
     bad_id = ~(np.isfinite(ids) & (ids == np.round(ids)))
     for row in np.flatnonzero(bad_id & c_ok):
         skipped_clusters.append(f"{cpath}: column 'id', row {row + 1}: cluster skipped, expected an integer id")
@@ -183,7 +167,9 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
     }
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "catalog.h5", out / "catalog.fits"]
-    diagnose = Diagnostics(description, CODES[feature_set], uses_mstar)
+    # every real cluster richer than any training cluster is flagged (RICHNESS), whatever the model's inputs: a
+    # dynamics model never saw dispersions measured that precisely
+    diagnose = Diagnostics(description, CODES[feature_set], True)
     with HDF5CatalogWriter(paths[0], len(table), setup.grid, _names(table, setup.grid), provenance) as h5, \
             FITSCatalogWriter(paths[1], len(table), setup.grid, _names(table, setup.grid), provenance) as fits:
         for block in setup.blocks(x, chunk=CHUNK):
@@ -193,7 +179,7 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
             h5.append(cols)
             fits.append(cols)
     return RealReport(paths, str(directory), feature_set, len(table), skipped_clusters, skipped_galaxies,
-                      considered)
+                      considered, notes)
 
 
 def _names(table: Any, grid: np.ndarray) -> list[str]:

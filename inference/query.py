@@ -18,14 +18,15 @@ from features.definitions import compute_features
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS, feature_set_of
 from features.sky import estimate_centre, project
 from inference.diagnostics import OOD_LIMIT, edge_mass, flag_bits, flag_names, ood_score
+from inference.member_table import PROJECTED, SKY, MemberFile, check_centre, load_members, open_members, unit_notes
 from inference.posterior import prepare, summary_columns
 from inference.priors import DEFAULT_PRIOR
 from inference.selection import describe as describe_selection
 from inference.selection import require_magnitudes, select_members, uses_stellar_masses
-from models.io import MODEL_JSON, load_model, read_description
+from models.io import MODEL_JSON, integrity_warning, load_model, read_description
 from models.model import TrainedModel
 from pipeline.cosmology import Cosmology
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from pipeline.snapshot import Snapshot
 
 #: below this many members no posterior is given; below the training minimum, a warning
@@ -62,31 +63,6 @@ def candidate_models(path: str | os.PathLike[str]) -> list[Path]:
     raise InputError(p, "no trained model here (expected model.json, or flow/ or mdn/ from `clustermass train`)")
 
 
-def read_members(path: str | os.PathLike[str]):
-    """The members table (CSV, ECSV or FITS) as an astropy Table."""
-    from astropy.table import Table
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "members file not found")
-    suffix = p.suffix.lower()
-    fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits"}.get(suffix)
-    if fmt is None:
-        raise InputError(p, f"unknown members format '{suffix}'; expected .csv, .ecsv or .fits")
-    try:
-        return Table.read(p, format=fmt)
-    except Exception as exc:  # astropy raises many types for unreadable files
-        raise InputError(p, f"cannot read the members table ({exc.__class__.__name__}: {exc})") from None
-
-
-def _column(table, name: str, path: Path) -> np.ndarray:
-    values = np.asarray(table[name], dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise InputError(path, f"expected finite numbers, found {values[bad[0]]}", column=name, row=int(bad[0]) + 1)
-    return values
-
-
 def query(model_path: str | os.PathLike[str], members_path: str | os.PathLike[str], *, prior: str = DEFAULT_PRIOR,
           centre: tuple[float, float, float] | None = None, inputs: str | None = None,
           far_redshift: str = "warn") -> QueryResult:
@@ -98,14 +74,54 @@ def query(model_path: str | os.PathLike[str], members_path: str | os.PathLike[st
     and the diagnostics of :mod:`inference.diagnostics` (``ood_score``, ``edge_mass``, ``flags``). ``inputs``: use
     the model of this feature set only (e.g. ``"dynamics"`` to ignore the stellar masses a file has).
     ``far_redshift``: ``"warn"`` (flag REDSHIFT) or ``"refuse"`` when the cluster is further than
-    :data:`REDSHIFT_TOLERANCE` from the model's snapshot redshift.
+    :data:`REDSHIFT_TOLERANCE` from the model's snapshot redshift. ``centre``: (ra [deg], dec [deg], z), for sky
+    coordinates only.
+
+    The members file is checked before anything is computed (:mod:`inference.member_table`: one coordinate system,
+    units converted where the file states them, numbers, no empty cells, ranges, no repeated galaxies, log10 stellar
+    masses) and so is ``centre``; the model's files are checked as a whole (:func:`models.io.load_model`). Each
+    failure is one :class:`~pipeline.errors.InputError` (or ``ConfigError`` for ``centre``) line.
     """
-    path = Path(members_path)
-    table = read_members(path)
-    directory, description, feature_set, considered = choose_model(model_path, "log10_mstar" in table.colnames,
-                                                                    members_path=path, only=inputs)
-    return _answer(directory, description, feature_set, table, path, prior=prior, centre=centre,
+    centre = check_centre(centre)
+    members = open_members(members_path)
+    if centre is not None and members.system == "projected":
+        raise ConfigError(f"--center applies to sky coordinates (ra, dec, z); {members.path} gives r_proj and v_los, "
+                          "already relative to its cluster's centre")
+    directory, description, feature_set, considered = choose_model(model_path, members.has("log10_mstar"),
+                                                                    members_path=members.path, only=inputs)
+    return _answer(directory, description, feature_set, members, prior=prior, centre=centre,
                    considered=considered, far_redshift=far_redshift)
+
+
+def check_plot_path(path: str | os.PathLike[str]) -> Path:
+    """``--plot PATH``, checked before anything is computed: a ``.png`` name, not a directory, in a folder that
+    exists or can be created (no part of it is a file). :func:`write_plot` creates the folder."""
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise ConfigError(f"--plot: expected a .png file name, got '{p}'")
+    if p.is_dir():
+        raise ConfigError(f"--plot: '{p}' is a directory; expected a .png file name")
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise ConfigError(f"--plot: cannot create the folder '{p.parent}': '{ancestor}' is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"--plot: cannot write in '{ancestor}' (permission denied)")
+    return p
+
+
+def write_plot(result: QueryResult, path: str | os.PathLike[str]) -> Path:
+    """Draw ``result``'s posterior to ``path`` (PNG), creating its folder; a failure is one line naming ``path``
+    (never the hidden partial file the plot is first written to)."""
+    from inference.plots import query_posterior
+
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return query_posterior(result.grid, result.pdf, result.summary, p)
+    except OSError as exc:
+        raise InputError(p, f"cannot write the plot ({exc.strerror or exc})") from None
 
 
 def choose_model(model_path: str | os.PathLike[str], has_mstar: bool, *, members_path: Path,
@@ -144,7 +160,7 @@ def choose_model(model_path: str | os.PathLike[str], has_mstar: bool, *, members
     return (*chosen, considered)
 
 
-def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, table, path: Path, *, prior: str,
+def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, members: MemberFile, *, prior: str,
             centre: tuple[float, float, float] | None, considered: list[dict[str, Any]],
             far_redshift: str = "warn") -> QueryResult:
     model: TrainedModel = load_model(model_dir)
@@ -155,24 +171,26 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, tabl
     cyl = meta["config"]["cylinder"]
     snap = Snapshot.from_dict(meta["snapshot"])
     cosmology: Cosmology = snap.cosmology
-    names = set(table.colnames)
-    notes: list[str] = []
-    if {"r_proj", "v_los"} <= names:
-        r_proj, v_los = _column(table, "r_proj", path), _column(table, "v_los", path)
+    path = members.path
+    notes: list[str] = [w for w in (integrity_warning(model_dir, description),) if w]
+    uses_mstar = uses_stellar_masses(feature_set)
+    require_magnitudes(cyl, snap, members.has("mag_r"), path)
+    names = [*(SKY if members.system == "sky" else PROJECTED), *(["log10_mstar"] if uses_mstar else []),
+             *(["mag_r"] if cyl.get("r_limit") is not None else [])]
+    values = load_members(members, names, h=cosmology.h)
+    notes += unit_notes(members, names, h=cosmology.h)
+    if members.system == "projected":
+        r_proj, v_los = values["r_proj"], values["v_los"]
         z_c = None
-    elif {"ra", "dec", "z"} <= names:
-        ra, dec, z = _column(table, "ra", path), _column(table, "dec", path), _column(table, "z", path)
+    else:
+        ra, dec, z = values["ra"], values["dec"], values["z"]
         if centre is None:
             centre = estimate_centre(ra, dec, z)
             notes.append(f"centre estimated from the members: ra {centre[0]:.5f}, dec {centre[1]:.5f}, "
                          f"z {centre[2]:.5f}")
         r_proj, v_los = project(ra, dec, z, centre, cosmology)
         z_c = centre[2]
-    else:
-        raise InputError(path, f"expected columns r_proj [Mpc/h] and v_los [km/s], or ra, dec [deg] and z; found "
-                               f"{sorted(names)}")
-    uses_mstar = uses_stellar_masses(feature_set)
-    logm = _column(table, "log10_mstar", path) if "log10_mstar" in names else np.full(len(r_proj), np.nan)
+    logm = values["log10_mstar"] if uses_mstar else np.full(len(r_proj), np.nan)
     far = z_c is not None and abs(z_c - snap.redshift) > REDSHIFT_TOLERANCE
     if far and far_redshift == "refuse":
         raise InputError(path, f"cluster redshift {z_c:.3f} is more than {REDSHIFT_TOLERANCE} from the model's "
@@ -181,8 +199,7 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, tabl
     if far:
         notes.append(f"warning: cluster redshift {z_c:.3f} is far from the model's snapshot z = "
                      f"{snap.redshift:.3f}; the posterior assumes the training redshift")
-    require_magnitudes(cyl, snap, "mag_r" in names, path)
-    mag_r = _column(table, "mag_r", path) if "mag_r" in names else None
+    mag_r = values.get("mag_r")
     inside, cut = select_members(cyl, snap, feature_set, r_proj, v_los, logm, mag_r, z_c)
     if (~inside).any():
         what = describe_selection(cyl, feature_set)
@@ -195,13 +212,15 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, tabl
                                f"{ABSOLUTE_MIN_MEMBERS} (the model was trained on >= {cyl['min_members']})")
     lo_hi = description.get("training_members") or [cyl["min_members"], None]
     few = n < lo_hi[0]
-    rich = uses_mstar and lo_hi[1] is not None and n > lo_hi[1]
+    rich = lo_hi[1] is not None and n > lo_hi[1]
     if few:
         notes.append(f"warning: {n} members, fewer than the {lo_hi[0]} every training cluster had; "
                      "the posterior is an extrapolation")
     if rich:
-        notes.append(f"warning: {n} members, more than any training cluster had ({lo_hi[1]}); the richness is "
-                     "extrapolated")
+        what = ("the richness is extrapolated" if feature_set in NEEDS_COMPLETE_SAMPLE else
+                "the dispersions are more precise than any the model was trained on: the width is extrapolated")
+        notes.append(f"warning: {n} members, {n / lo_hi[1]:.3g}x the most any training cluster had ({lo_hi[1]}); "
+                     f"{what} (flag RICHNESS)")
     feats = compute_features(np.array([0, n]), r_proj, v_los, np.nan_to_num(logm), r_aperture=cyl["r_aperture"])
     x = np.array([[feats[name][0] for name in model.feature_names]])
     if not np.all(np.isfinite(x)):
@@ -229,5 +248,6 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, tabl
         "inputs": INPUTS.get(feature_set, ""), "models_considered": considered, "selection_cut": cut,
         "ood_score": ood, "edge_mass": edge, "flags": flags, "flag_names": flag_names(flags),
         "mass_unit": "log10 M200c [Msun/h]", "sigma_v_unit": "km/s", "notes": notes,
+        "warnings": [note for note in notes if note.startswith(("warning", "flag"))],
     }
     return QueryResult(summary, setup.grid, block.pdf[0], tuple(notes))

@@ -62,13 +62,26 @@ def check_partition(
         if col in frame.columns and schema.name == "galaxy" and len(frame) >= 20:
             values = frame[col].to_numpy()
             top = float(np.max(values)) if len(values) else 0.0
-            if 0.0 < top < LOG_MASS_CEILING:
+            if stellar_mass_scale(values) == "log10":
                 raise InputError(
                     path,
                     f"stellar masses look like log10(M*/Msun) (largest value {top:.3g}); expected linear masses "
                     "in Msun (no h)",
                     column=col,
                 )
+
+
+def stellar_mass_scale(values: np.ndarray) -> str | None:
+    """Whether a column of stellar masses holds linear masses [Msun] or log10 masses [log10 Msun], by the largest
+    finite value: ``"log10"`` below :data:`LOG_MASS_CEILING` (no galaxy has 100 Msun, no log10 mass reaches 100),
+    ``"linear"`` at or above it, None when no value is finite and positive. The one rule for every reader: galaxy
+    catalogs (which must be linear) and real members files (whose ``log10_mstar`` must not be)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    top = float(v.max()) if v.size else 0.0
+    if top <= 0.0:
+        return None
+    return "log10" if top < LOG_MASS_CEILING else "linear"
 
 
 def duplicate_ids(ids: np.ndarray) -> np.ndarray:

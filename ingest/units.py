@@ -8,6 +8,8 @@ writes halo radii in kpc/h, HDF5 files carry a ``unit`` attribute per dataset. R
 
 from __future__ import annotations
 
+import math
+
 from pipeline.errors import InputError
 
 # Canonical unit -> {spelling in files: multiplicative factor to the canonical unit}
@@ -25,6 +27,46 @@ _EQUIVALENT: dict[str, dict[str, float]] = {
 ROCKSTAR_FILE_UNITS: dict[str, str] = {"rvir": "kpc/h", "rs": "kpc/h"}
 #: Units of the UniverseMachine binary and ASCII formats where they differ from the canonical ones.
 UNIVERSEMACHINE_FILE_UNITS: dict[str, str] = {"r": "kpc/h"}
+
+
+#: Units a real members or centres file (``clustermass query`` / ``infer``) may state, per canonical unit of
+#: :mod:`inference.member_table`: spelling (lower case, no spaces) -> multiplicative factor to the canonical unit.
+_MEMBER_EQUIVALENT: dict[str, dict[str, float]] = {
+    "Mpc/h": {"mpc/h": 1.0, "h^-1mpc": 1.0, "mpch^-1": 1.0, "mpch-1": 1.0, "mpc/littleh": 1.0, "kpc/h": 1e-3,
+              "h^-1kpc": 1e-3, "kpch^-1": 1e-3, "kpch-1": 1e-3, "kpc/littleh": 1e-3},
+    "km/s": {"km/s": 1.0, "kms^-1": 1.0, "kms-1": 1.0, "m/s": 1e-3, "ms^-1": 1e-3, "ms-1": 1e-3, "cm/s": 1e-5,
+             "cms-1": 1e-5},
+    "deg": {"deg": 1.0, "degree": 1.0, "degrees": 1.0, "rad": 180.0 / math.pi, "arcmin": 1.0 / 60.0,
+            "arcsec": 1.0 / 3600.0},
+    "": {"": 1.0, "dimensionless": 1.0, "none": 1.0, "redshift": 1.0},
+    "dex(Msun)": {"dex(msun)": 1.0, "dex(solmass)": 1.0, "dex(m_sun)": 1.0, "log(msun)": 1.0, "log10(msun)": 1.0,
+                  "log(solmass)": 1.0, "log10(solmass)": 1.0, "dex": 1.0},
+    "mag": {"mag": 1.0, "mag(ab)": 1.0, "abmag": 1.0, "ab": 1.0},
+}
+#: comoving lengths stated without h: factor to Mpc, then times h to reach Mpc/h
+_LENGTH_WITHOUT_H: dict[str, float] = {"mpc": 1.0, "kpc": 1e-3, "pc": 1e-6, "gpc": 1e3}
+
+
+def member_conversion_factor(file_unit: str | None, canonical: str, *, path: str, column: str,
+                             h: float | None = None) -> float:
+    """Factor taking a members or centres file's column in ``file_unit`` to ``canonical`` (one of ``Mpc/h``,
+    ``km/s``, ``deg``, ``""`` (redshift), ``dex(Msun)``, ``mag``); None or an empty unit: the file states none, the
+    canonical unit is assumed. A length without h (``kpc``, ``Mpc``) needs ``h`` (the model's cosmology): 100 kpc
+    at h = 0.7 is 0.07 Mpc/h. Any other unit is refused with one line naming the file and the column."""
+    if file_unit is None or not str(file_unit).strip():
+        return 1.0
+    key = "".join(str(file_unit).lower().split())
+    table = _MEMBER_EQUIVALENT[canonical]
+    if key in table:
+        return table[key]
+    if canonical == "Mpc/h" and key in _LENGTH_WITHOUT_H:
+        if h is None:  # pragma: no cover - callers always pass the model's h
+            raise InputError(path, f"unit '{file_unit}' needs the Hubble parameter h to convert to Mpc/h",
+                             column=column)
+        return _LENGTH_WITHOUT_H[key] * h
+    spellings = sorted({*(k for k in table if k), *(_LENGTH_WITHOUT_H if canonical == "Mpc/h" else ())})
+    raise InputError(path, f"unit '{file_unit}' cannot be converted to {canonical or 'a dimensionless redshift'}; "
+                           f"expected one of {spellings}", column=column)
 
 
 def conversion_factor(file_unit: str | None, canonical: str, *, path: str, column: str) -> float:

@@ -285,12 +285,13 @@ def test_a_magnitude_limited_model_applies_its_limit_to_the_members(trained, tmp
     import shutil
 
     from features.sky import absolute_limit, distance_modulus
+    from models.io import write_description
 
     model = tmp_path / "model"
     shutil.copytree(trained / "model" / "flow", model)
     description = json.loads((model / "model.json").read_text())
     description["observations"]["config"]["cylinder"]["r_limit"] = 17.77
-    (model / "model.json").write_text(json.dumps(description))
+    write_description(model, description)  # a deliberate edit: re-digested (a hand edit is refused)
     r, v, m, _ = _clusters(trained, 1)[0]
     ra, dec, z = _to_sky(r, v)
     limit = absolute_limit(17.77, ZC, MDPL2)
