@@ -3,17 +3,24 @@
 Layout (eRASS1-style, the PDF a vector column on a shared grid):
 
 * primary HDU: no data; ``ORIGIN``, ``CMSCHEMA`` and a pointer to the extensions;
-* ``CATALOG``: BINTABLE, one row per cluster x line of sight, the columns in schema order with ``TUNITn`` for
-  every column (``''`` for unitless ones) and the column description as the ``TTYPEn`` comment; the PDF as a
-  vector column (``TFORM = '512E'`` for G = 512). Provenance in header keywords: each key as a keyword
+* ``CATALOG``: BINTABLE, one row per cluster x line of sight, the columns in schema order; the PDF as a vector
+  column (``TFORM = '512E'`` for G = 512). Per column: ``TUNITn``, the FITS-standard unit
+  (:func:`catalogs.schema.fits_unit`: ``'km s-1'``; ``''`` for unitless columns and for the log units FITS lacks,
+  with the unit in words as the card's comment), ``TCOMMn``, the description (also, shortened, the ``TTYPEn``
+  comment), and for every column with a unit ``CMUNITn``, the exact astropy unit string (``'dex(solMass /
+  littleh)'``) that :func:`read_fits` returns; so ``astropy.table.Table.read`` of the file parses every TUNIT
+  silently. A COMMENT says the same in words. Provenance in header keywords: each key as a keyword
   (upper-cased if it has at most 8 characters, else a ``HIERARCH`` card keeping its case; long strings continue
   with ``CONTINUE``), plus ``CMPROV``, the whole provenance as JSON, which the reader uses (exact key case, types
   and floats, which FITS cards may round to 16 digits), and ``CMSCHEMA``, the layout version;
-* ``GRID``: BINTABLE with one float64 column ``log10_m200c_grid`` of G rows and its ``TUNIT1``.
+* ``GRID``: a 1-D float64 IMAGE extension of G values, ``log10_m200c_grid``, with ``BUNIT`` (blank: a log unit)
+  and ``CMUNIT`` (exact). An image, not a second table, so that ``Table.read("catalog.fits")`` finds exactly one
+  table and reads it without "multiple tables" warning. Files of schema version 1 (GRID a one-column BINTABLE,
+  exact units in TUNITn) are read too.
 
 Streaming: the writer emits the primary header and the CATALOG header with ``NAXIS2 = N`` (built by astropy),
 then each block as packed big-endian row records (a FITS binary table's data is exactly that), pads the data to
-a multiple of 2880 bytes at :meth:`~catalogs.base.CatalogWriter.close`, and appends the GRID HDU. Packing (a
+a multiple of 2880 bytes at :meth:`~catalogs.base.CatalogWriter.close`, and appends the GRID image. Packing (a
 byte-swapping copy, ~20 ms per 65536 rows at G = 512) overlaps the writes: rows are packed in chunks of
 ``PACK_CHUNK_BYTES`` (2 MiB) into two alternating buffers and a single worker thread writes them, in order.
 Chunks that fit in the CPU cache matter: with 8 MiB or whole-block buffers the same write was up to 3x slower.
@@ -41,6 +48,8 @@ from catalogs.schema import (
     CatalogColumn,
     CatalogError,
     column,
+    fits_unit,
+    unit_comment,
 )
 
 BLOCK = 2880
@@ -75,14 +84,42 @@ def _with_comment(header: fits.Header, keyword: str, comment: str) -> None:
 
 
 def _table_header(specs: Sequence[CatalogColumn], n_grid: int, n_rows: int, extname: str) -> fits.Header:
-    cols = [fits.Column(name=s.name, format=tform(s, n_grid), unit=s.unit or None) for s in specs]
+    """A BINTABLE header: per column TTYPE, TFORM, TUNIT (FITS-standard or blank), TCOMM and CMUNIT (exact)."""
+    cols = [fits.Column(name=s.name, format=tform(s, n_grid), unit=fits_unit(s.unit) or None) for s in specs]
     header = fits.BinTableHDU.from_columns(cols, nrows=0, name=extname).header
     header["NAXIS2"] = n_rows
     for i, spec in enumerate(specs, 1):
-        if not spec.unit:
-            header.insert(f"TFORM{i}", (f"TUNIT{i}", "", "no unit"), after=True)
+        standard = fits_unit(spec.unit)
+        if not standard:
+            header.insert(f"TFORM{i}", (f"TUNIT{i}", ""), after=True)
+        header.insert(f"TUNIT{i}", (f"TCOMM{i}", spec.description), after=True)
+        if spec.unit:
+            header.insert(f"TCOMM{i}", (f"CMUNIT{i}", spec.unit), after=True)
+            _with_comment(header, f"CMUNIT{i}", "exact unit (astropy); TUNIT is FITS")
         _with_comment(header, f"TTYPE{i}", spec.description)
+        _with_comment(header, f"TUNIT{i}", unit_comment(spec.unit) or ("no unit" if not spec.unit else "FITS unit"))
     return header
+
+
+def _grid_header(n_grid: int) -> fits.Header:
+    """The header of the GRID image extension: G float64 values, BUNIT (FITS-standard or blank) and CMUNIT."""
+    header = fits.ImageHDU(data=np.zeros(n_grid, dtype=">f8"), name="GRID").header
+    _with_comment(header, "EXTNAME", f"{GRID_NAME}, the grid of the CATALOG's PDFs")
+    header["BUNIT"] = fits_unit(GRID.unit)
+    _with_comment(header, "BUNIT", unit_comment(GRID.unit) or "FITS unit")
+    header["CMUNIT"] = GRID.unit
+    _with_comment(header, "CMUNIT", "exact unit (astropy); BUNIT is FITS")
+    return header
+
+
+#: COMMENT cards of the CATALOG header (at most 72 characters each, so that none wraps).
+_UNITS_COMMENT = (
+    "Masses: M200c in h^-1 Msun, h = H0/100 (H0 in the cosmology keyword),",
+    "stored as log10: log10_m200c_* and GRID are log10(M200c / (Msun/h)).",
+    "FITS units have no log10 (dex) and no h: those TUNITn/BUNIT are blank;",
+    "CMUNITn/CMUNIT hold the exact astropy units (dex(solMass / littleh), dex",
+    "and 1 / dex for log10_m200c_pdf, a density per dex on the GRID values).",
+)
 
 
 def _padding(nbytes: int) -> bytes:
@@ -99,6 +136,8 @@ def catalog_headers(
     primary.add_comment("Table in extension CATALOG; grid of its PDFs in extension GRID.")
     header = _table_header([column(c) for c in columns], n_grid, n_rows, "CATALOG")
     header["CMSCHEMA"] = (SCHEMA_VERSION, "clustermass catalog layout version")
+    for line in _UNITS_COMMENT:
+        header.add_comment(line)
     with warnings.catch_warnings():
         warnings.simplefilter("error", fits.verify.VerifyWarning)  # a card that would be mangled is a bug here
         for key, value in provenance.items():
@@ -183,8 +222,7 @@ class FITSCatalogWriter(CatalogWriter):
         self._stop_worker(raise_errors=True)
         fh = self._fh
         fh.write(_padding(self.n_rows * self._dtype.itemsize))
-        grid_header = _table_header([GRID], 1, self.n_grid, "GRID")
-        fh.write(grid_header.tostring().encode("ascii"))
+        fh.write(_grid_header(self.n_grid).tostring().encode("ascii"))
         data = self.grid.astype(">f8").tobytes()
         fh.write(data + _padding(len(data)))
         fh.close()
@@ -221,10 +259,7 @@ def read_fits(
             provenance = json.loads(cat.header["CMPROV"])
         except (KeyError, ValueError) as exc:
             raise CatalogError(path, f"CATALOG header keyword CMPROV is missing or not JSON ({exc})") from None
-        if GRID_NAME not in grid_hdu.columns.names:
-            raise CatalogError(path, "GRID extension lacks the grid column", column=GRID_NAME)
-        grid = np.array(grid_hdu.data.field(GRID_NAME), dtype=GRID.numpy_dtype)
-        grid_unit = grid_hdu.columns[GRID_NAME].unit or ""
+        grid, grid_unit = _read_grid(path, grid_hdu)
         coldefs = cat.columns
         present = [c for c in NAMES if c in coldefs.names]
         missing = [c for c in REQUIRED if c not in present]
@@ -238,6 +273,7 @@ def read_fits(
         units: dict[str, str] = {}
         for name in wanted:
             col = coldefs[name]
+            exact = cat.header.get(f"CMUNIT{coldefs.names.index(name) + 1}")
             if col.bscale not in (None, 1) or col.bzero not in (None, 0):
                 raise CatalogError(path, "scaled columns (TSCAL/TZERO) are not supported", column=name)
             spec = column(name)
@@ -245,11 +281,27 @@ def read_fits(
             if shape != ((len(grid),) if spec.vector else ()):
                 raise CatalogError(path, f"holds {shape or 1} values per row, expected "
                                          f"{len(grid) if spec.vector else 1}", column=name)
-            units[name] = col.unit or ""
+            units[name] = (col.unit or "") if exact is None else str(exact)  # version 1: TUNIT was exact
         offset = cat.fileinfo()["datLoc"]
     block_rows = max(1, chunk_bytes // file_dtype.itemsize)
     arrays = _read_rows(path, offset, file_dtype, n_rows, wanted, len(grid), block_rows)
     return build_table(path, arrays, units, grid, grid_unit, provenance, version)
+
+
+def _read_grid(path: str | os.PathLike[str], hdu) -> tuple[np.ndarray, str]:
+    """The grid and its exact unit string: a 1-D image (version 2) or a one-column BINTABLE (version 1)."""
+    if hdu.is_image:
+        if hdu.header.get("NAXIS") != 1:
+            raise CatalogError(path, f"GRID extension is not 1-D (NAXIS = {hdu.header.get('NAXIS')})",
+                               column=GRID_NAME)
+        exact = hdu.header.get("CMUNIT")
+        unit = hdu.header.get("BUNIT", "") if exact is None else exact
+        return np.array(hdu.data, dtype=GRID.numpy_dtype), str(unit or "")
+    if GRID_NAME not in hdu.columns.names:
+        raise CatalogError(path, "GRID extension lacks the grid column", column=GRID_NAME)
+    exact = hdu.header.get(f"CMUNIT{hdu.columns.names.index(GRID_NAME) + 1}")
+    unit = hdu.columns[GRID_NAME].unit if exact is None else exact
+    return np.array(hdu.data.field(GRID_NAME), dtype=GRID.numpy_dtype), str(unit or "")
 
 
 def _extension(path: str | os.PathLike[str], hdul: fits.HDUList, name: str):

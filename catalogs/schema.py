@@ -8,18 +8,25 @@ One table, the same in both formats (README, "Posterior mass catalog"):
 * provenance: a flat ``{str: str | int | float | bool}`` dict passed in by the caller (code_version, config_digest,
   model_digest, target_prior, training_prior, cosmology and snapshot as JSON strings, created as ISO time ...).
 
-Units (the strings written to TUNITn / the HDF5 ``unit`` attribute, chosen so that ``str(astropy.units.Unit(s))
-== s``, i.e. they round-trip exactly as strings):
+Units. Each column's ``unit`` is the exact astropy string (the HDF5 ``unit`` attribute, FITS ``CMUNITn``, and
+what :func:`~catalogs.io.read_catalog` returns), chosen so that ``str(astropy.units.Unit(s)) == s``:
 
 * log10 M200c columns and the grid: ``"dex(solMass / littleh)"``, log10 of M200c in Msun/h. ``littleh`` is astropy's
   unit for h (``astropy.cosmology.units.littleh``); astropy parses the string once those units are enabled
   (``u.add_enabled_units(astropy.cosmology.units)``, which :func:`parse_unit` does) and refuses it otherwise,
   never silently misreading it. Do **not** write ``"dex(Msun/h)"``: astropy parses it without complaint as
-  dex(solar mass per *hour*). FITS's own unit grammar has no ``dex``, so astropy's ``Table.read`` of the FITS file
-  keeps these as ``UnrecognizedUnit("dex(solMass / littleh)")`` (with a UnitsWarning) whose string is exact.
+  dex(solar mass per *hour*).
 * ``log10_m200c_std``: ``"dex"``; ``log10_m200c_pdf``: ``"1 / dex"``; ``sigma_v``: ``"km / s"`` (physical
   line-of-sight velocity dispersion).
-* ``cluster_id``, ``los``, ``n_members``: ``""`` (no unit; :func:`read_catalog` gives ``unit=None``).
+* ``cluster_id``, ``los``, ``n_members``, ``ood_score``, ``edge_mass``, ``flags``, ``model_inputs``: ``""`` (no
+  unit; :func:`read_catalog` gives ``unit=None``).
+
+FITS ``TUNITn`` holds :func:`fits_unit` of it instead: the FITS-standard string where one exists (``"km s-1"``),
+blank where none does. FITS units (standard 4.0, section 4.3) have no ``dex`` and no little h (FITS ``h`` is the
+hour), and astropy's FITS unit parser accepts neither them nor the standard's ``log()`` function (astropy 8.0),
+so ``astropy.table.Table.read`` would warn (a ``UnitsWarning`` per column) for any of them; survey catalogs leave
+such TUNITs blank and say "log10" and "h^-1 Msun" in words, as the ``TUNITn`` comment, ``TCOMMn`` (the
+description) and a header COMMENT do here (:func:`unit_comment`).
 """
 
 from __future__ import annotations
@@ -38,7 +45,11 @@ import numpy as np
 from pipeline.errors import InputError
 
 #: Version of this layout, written to every file (HDF5 attribute ``clustermass_catalog``, FITS keyword CMSCHEMA).
-SCHEMA_VERSION = "1"
+#: 2: FITS TUNITn FITS-standard (blank for log units; exact units in CMUNITn) and GRID an image extension, so that
+#: a plain ``Table.read`` of the FITS file is silent. HDF5 is unchanged from 1.
+SCHEMA_VERSION = "2"
+#: Major versions the readers accept (1: FITS TUNITn held the exact astropy strings; GRID a one-column BINTABLE).
+READABLE_VERSIONS = ("1", "2")
 
 LOG_MASS_UNIT = "dex(solMass / littleh)"
 DEX_UNIT = "dex"
@@ -116,6 +127,13 @@ COLUMNS: tuple[CatalogColumn, ...] = (
 #: The shared grid (a dataset in HDF5, the extension GRID in FITS).
 GRID = CatalogColumn(GRID_NAME, "float64", LOG_MASS_UNIT, "log10 M200c [Msun/h] grid of log10_m200c_pdf")
 
+#: What each non-FITS unit means, in words, for the comment of its blank FITS TUNITn (and the header COMMENT).
+_UNIT_WORDS = {
+    LOG_MASS_UNIT: "log10(M200c / (h^-1 Msun)), h = H0/100",
+    DEX_UNIT: "dex (a width in log10)",
+    PDF_UNIT: "per dex (density in log10 M)",
+}
+
 _BY_NAME = {c.name: c for c in COLUMNS}
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 REQUIRED: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)
@@ -155,6 +173,34 @@ def parse_unit(unit: str):
 
     with u.add_enabled_units(cu):
         return u.Unit(unit, parse_strict="silent")
+
+
+@functools.lru_cache(maxsize=64)
+def fits_unit(unit: str) -> str:
+    """The FITS-standard ``TUNITn`` / ``BUNIT`` string of an exact unit string; ``""`` where FITS has none.
+
+    ``"km / s"`` -> ``"km s-1"``; ``"dex(solMass / littleh)"``, ``"dex"``, ``"1 / dex"`` -> ``""`` (FITS units
+    have no dex and no h; see the module docstring). The result is one that astropy's FITS unit parser reads
+    silently.
+    """
+    parsed = parse_unit(unit)
+    if parsed is None:
+        return ""
+    import astropy.units as u
+
+    try:
+        text = parsed.to_string(format="fits")
+        u.Unit(text, format="fits", parse_strict="raise")  # an unrecognised unit's name comes back as it was
+    except (ValueError, TypeError):  # function units (dex), units FITS lacks (littleh, dex)
+        return ""
+    return text
+
+
+def unit_comment(unit: str) -> str:
+    """Words for the comment of a blank FITS ``TUNITn`` standing for ``unit`` (``""`` for standard units)."""
+    if not unit or fits_unit(unit):
+        return ""
+    return f"{_UNIT_WORDS.get(unit, unit)}; not a FITS unit"
 
 
 def order_columns(columns: Iterable[str], path: str | os.PathLike[str] | None) -> tuple[str, ...]:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 _CACHE = tempfile.mkdtemp(prefix="clustermass-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["CLUSTERMASS_CACHE"] = _CACHE
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from pipeline.caches import configure_caches  # noqa: E402
+from pipeline.determinism import configure_determinism  # noqa: E402
 
 configure_caches()
+configure_determinism()  # as the CLI does, before any jax computation
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -13,8 +13,19 @@ from astropy.table import Table
 
 from catalogs import COLUMNS, CatalogError, open_writer, read_catalog, write_catalog
 from catalogs.base import temp_path
-from catalogs.schema import GRID, LOG_MASS_UNIT, NAMES, OPTIONAL, PDF_NAME, REQUIRED, column, parse_unit
-from pipeline.errors import InputError
+from catalogs.schema import (
+    GRID,
+    LOG_MASS_UNIT,
+    NAMES,
+    OPTIONAL,
+    PDF_NAME,
+    REQUIRED,
+    SCHEMA_VERSION,
+    column,
+    fits_unit,
+    parse_unit,
+)
+from pipeline.errors import InputError, OutputError
 
 SPEC_NAMES = [
     "cluster_id", "los", "n_members", "sigma_v",
@@ -123,6 +134,17 @@ def test_schema_has_spec_columns_and_parseable_units():
     assert parse_unit("km / s") == u.km / u.s
 
 
+def test_fits_units_are_standard_and_parse_silently():
+    # FITS units have no dex and no h: the log columns get a blank TUNIT, the rest the FITS spelling
+    assert fits_unit(LOG_MASS_UNIT) == fits_unit("dex") == fits_unit("1 / dex") == fits_unit("") == ""
+    assert fits_unit("km / s") == "km s-1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for col in (*COLUMNS, GRID):
+            if fits_unit(col.unit):
+                assert u.Unit(fits_unit(col.unit), format="fits") == parse_unit(col.unit), col.name
+
+
 def test_dex_msun_over_h_is_the_trap_we_avoid():
     # astropy reads "h" as hour: "dex(Msun/h)" would silently mean log10 of solar masses per hour
     assert u.Unit("dex(Msun/h)").physical_unit == u.solMass / u.hour
@@ -196,25 +218,98 @@ def test_fits_layout_verify_and_astropy_reader(tmp_path):
         hdul.verify("exception")
         assert [h.name for h in hdul] == ["PRIMARY", "CATALOG", "GRID"]
         hdr = hdul["CATALOG"].header
+        assert hdr["CMSCHEMA"] == SCHEMA_VERSION
         for i, name in enumerate(hdul["CATALOG"].columns.names, 1):
-            assert hdr[f"TUNIT{i}"] == column(name).unit  # every column, '' for unitless ones
+            spec = column(name)
+            assert hdr[f"TUNIT{i}"] == fits_unit(spec.unit)  # every column; '' for unitless and log ones
+            assert hdr[f"TCOMM{i}"] == spec.description
+            assert hdr.get(f"CMUNIT{i}") == (spec.unit or None)  # the exact unit, for read_catalog
+        assert hdr["TUNIT5"] == "" and "log10(M200c / (h^-1 Msun))" in hdr.comments["TUNIT5"]
+        assert any("h = H0/100" in line for line in hdr["COMMENT"])
         assert hdr[f"TFORM{NAMES.index(PDF_NAME) + 1}"] == "512E"
+        assert hdul["GRID"].is_image and hdul["GRID"].header["CMUNIT"] == GRID.unit
+        assert hdul["GRID"].header["BUNIT"] == "" and np.array_equal(hdul["GRID"].data, grid)
         assert hdr["CREATED"] == PROVENANCE["created"]
         assert hdr["code_version"] == PROVENANCE["code_version"]  # HIERARCH card
         assert hdr["cosmology"] == PROVENANCE["cosmology"]  # long string over CONTINUE cards
         assert hdr["MOCKS"] is True and hdr["SEED"] == PROVENANCE["seed"]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", u.UnitsWarning)  # FITS units have no dex: astropy keeps the string
-        t = Table.read(path, hdu="CATALOG")
-        g = Table.read(path, hdu="GRID")
+        warnings.simplefilter("error")  # issue 14.10: a first read without noise (no UnitsWarning, one table)
+        t = Table.read(path)
+        assert_same_astropy_table(t, Table.read(path, hdu="CATALOG"))
     assert t.colnames == list(cols)
     for name in t.colnames:
         assert np.array_equal(np.asarray(t[name]), cols[name], equal_nan=True)
-        want = column(name).unit
-        assert (t[name].unit is None) if not want else (str(t[name].unit) == want)
+        want = fits_unit(column(name).unit)
+        assert (t[name].unit is None) if not want else (t[name].unit == u.Unit(want, format="fits")), name
     assert t["sigma_v"].unit == u.km / u.s
-    assert t.meta["CREATED"] == PROVENANCE["created"]
-    assert np.array_equal(g[GRID.name], grid) and str(g[GRID.name].unit) == GRID.unit
+    assert t.meta["CREATED"] == PROVENANCE["created"] and t.meta["CMUNIT5"] == LOG_MASS_UNIT
+
+
+def assert_same_astropy_table(a: Table, b: Table) -> None:
+    assert a.colnames == b.colnames and a.meta == b.meta
+    for name in a.colnames:
+        assert a[name].unit == b[name].unit
+        assert np.array_equal(np.asarray(a[name]), np.asarray(b[name]), equal_nan=True)
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "fits"])
+def test_reads_are_silent_and_read_catalog_keeps_exact_units(tmp_path, grid, cols, fmt):
+    path = write_catalog(tmp_path / f"cat{SUFFIX[fmt]}", cols, grid, PROVENANCE, fsync=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if fmt == "fits":
+            Table.read(path)
+        else:  # astropy's HDF5 reader reads one compound dataset; this file is one dataset per column
+            with pytest.raises(ValueError, match="no table found"):
+                Table.read(path)
+        t = read_catalog(path)
+    assert_matches_input(t, cols, grid, PROVENANCE)  # exact units: dex(solMass / littleh), dex, 1 / dex, km / s
+    assert str(t["log10_m200c_mode"].unit) == LOG_MASS_UNIT and str(t[PDF_NAME].unit) == "1 / dex"
+    assert str(t["log10_m200c_std"].unit) == "dex" and str(t["sigma_v"].unit) == "km / s"
+    assert t["cluster_id"].unit is None
+
+
+def write_version1_fits(path, cols: dict[str, np.ndarray], grid: np.ndarray, provenance: dict) -> None:
+    """A catalog as schema version 1 wrote it: exact astropy units in TUNITn, GRID a one-column BINTABLE."""
+    import json
+
+    primary = fits.PrimaryHDU()
+    primary.header["CMSCHEMA"] = "1"
+    fcols = []
+    for name in [c for c in NAMES if c in cols]:
+        spec = column(name)
+        fmt = f"{len(grid)}E" if spec.vector else {"int16": "I", "int32": "J", "int64": "K", "float32": "E"}[spec.dtype]
+        fcols.append(fits.Column(name=name, format=fmt, unit=spec.unit or None, array=cols[name]))
+    cat = fits.BinTableHDU.from_columns(fcols, name="CATALOG")
+    cat.header["CMSCHEMA"] = "1"
+    cat.header["CMPROV"] = json.dumps(provenance)
+    grid_hdu = fits.BinTableHDU.from_columns(
+        [fits.Column(name=GRID.name, format="D", unit=GRID.unit, array=grid)], name="GRID"
+    )
+    fits.HDUList([primary, cat, grid_hdu]).writeto(path)
+
+
+def test_reads_version_1_fits(tmp_path, grid, cols):
+    old = tmp_path / "v1.fits"
+    write_version1_fits(old, cols, grid, PROVENANCE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = read_catalog(old)
+    assert t.meta["schema_version"] == "1"
+    assert_matches_input(t, cols, grid, PROVENANCE)
+    new = read_catalog(write_catalog(tmp_path / "v2.fits", t))  # converted to the current layout
+    assert new.meta["schema_version"] == SCHEMA_VERSION
+    t.meta["schema_version"] = SCHEMA_VERSION
+    assert_same_table(t, new)
+
+
+def test_refuses_unknown_schema_version(tmp_path, grid, cols):
+    path = write_catalog(tmp_path / "cat.h5", cols, grid, PROVENANCE)
+    with h5py.File(path, "r+") as f:
+        f.attrs["clustermass_catalog"] = "3"
+    with pytest.raises(CatalogError, match="schema version 3 is not supported"):
+        read_catalog(path)
 
 
 @pytest.mark.parametrize("fmt", ["hdf5", "fits"])
@@ -419,7 +514,7 @@ def test_fits_worker_write_error_surfaces_and_cleans_up(tmp_path, grid, cols):
     path = tmp_path / "sub" / "cat.fits"  # missing directories are created
     w = open_writer(path, 300, grid, list(cols), PROVENANCE, chunk_bytes=4096)  # ~12 rows per chunk
     w._fh = _FullDisk(w._fh, ok=3)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match="no space left on device"):
         w.append(cols)
         w.close()
     assert no_leftovers(path) and list(path.parent.iterdir()) == []
