@@ -23,6 +23,7 @@ from catalogs.schema import (
     GRID,
     GRID_NAME,
     NAMES,
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     CatalogColumn,
     CatalogError,
@@ -32,6 +33,7 @@ from catalogs.schema import (
     order_columns,
     parse_unit,
 )
+from pipeline.files import output_error
 
 FORMATS = ("hdf5", "fits")
 _SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".fits": "fits", ".fit": "fits", ".fts": "fits"}
@@ -161,9 +163,12 @@ class CatalogWriter:
             if n:
                 self._write(arrays, self.rows_written, n)
             self.rows_written += n
-        except BaseException:
+        except BaseException as exc:
             self.abort()
-            raise
+            error = output_error(self.path, exc)  # a full disk: "<path>: no space left on device"
+            if error is exc:
+                raise
+            raise error from exc
 
     def close(self) -> Path:
         """Check that all N rows were appended, complete the file and rename it into place; returns the path."""
@@ -181,9 +186,12 @@ class CatalogWriter:
             os.replace(self.tmp, self.path)
             if self.fsync:
                 _fsync(self.path.parent)
-        except BaseException:
+        except BaseException as exc:
             self.abort()
-            raise
+            error = output_error(self.path, exc)
+            if error is exc:
+                raise
+            raise error from exc
         self._state = "closed"
         return self.path
 
@@ -351,7 +359,7 @@ def check_version(path: str | os.PathLike[str], version: Any) -> str:
     if version is None:
         raise CatalogError(path, "not a clustermass posterior mass catalog (no schema version)")
     version = version.decode() if isinstance(version, bytes) else str(version)
-    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+    if version.split(".")[0] not in READABLE_VERSIONS:
         raise CatalogError(path, f"catalog schema version {version} is not supported (this code: {SCHEMA_VERSION})")
     return version
 

@@ -39,6 +39,7 @@ from catalogs.schema import (
     CatalogError,
     column,
 )
+from pipeline.files import discard_hdf5, open_hdf5_unbuffered
 
 COMPRESSIONS = (None, "lzf", "gzip")
 
@@ -75,7 +76,7 @@ class HDF5CatalogWriter(CatalogWriter):
         super().__init__(path, n_rows, grid, columns, provenance, fsync=fsync)
 
     def _open(self) -> None:
-        f = self._h5 = h5py.File(self.tmp, "w", track_order=True)
+        f = self._h5 = open_hdf5_unbuffered(self.tmp, track_order=True)
         f.attrs["clustermass_catalog"] = SCHEMA_VERSION
         f.attrs["n_rows"] = np.int64(self.n_rows)
         for key, value in self.provenance.items():
@@ -115,10 +116,7 @@ class HDF5CatalogWriter(CatalogWriter):
     def _discard(self) -> None:
         self._datasets = {}
         if self._h5 is not None:
-            try:
-                self._h5.close()
-            except Exception:  # closing a half-written file must not mask the original error
-                pass
+            discard_hdf5(self._h5, self.tmp)  # emptied first: the closing flush cannot fail again; never raises
             self._h5 = None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from ingest.synth.synthesize import OUTPUT_FORMATS
 from models.config import TrainSection
 from models.spec import KINDS
 from pipeline import __version__
-from pipeline.errors import ClusterMassError, ConfigError
+from pipeline.errors import ClusterMassError, ConfigError, OutputError, no_space
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="posterior mass catalogs (catalog.h5, catalog.fits): every observation of an observation set, or real "
              "clusters (--members GALAXIES --clusters CENTRES)",
         description="Either --observations DIR (mock observations from `observe` or `run`), or --members GALAXIES "
-                    "(CSV/ECSV/FITS: ra, dec [deg], z, optional log10_mstar [log10 Msun]) with --clusters CENTRES "
+                    "(CSV/ECSV/FITS/HDF5: ra, dec [deg], z, optional log10_mstar [log10 Msun]) with --clusters CENTRES "
                     "(id, ra, dec, z): the richest model whose inputs the galaxy table provides answers for every "
                     "cluster; rows that cannot be used are skipped and named.",
         formatter_class=fmt,
@@ -191,14 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "query",
         help="posterior mass of one cluster from its member galaxies",
-        description="Reads a members file (CSV, ECSV or FITS) with either ra, dec [deg] and z, or r_proj [Mpc/h] "
-        "and v_los [km/s]; plus log10_mstar [log10 Msun]. Applies the model's training cylinder and features, "
-        "and prints the posterior of log10 M200c [Msun/h] under the chosen prior.",
+        description="Reads a members file (CSV, ECSV, FITS or HDF5) with either ra, dec [deg] and z, or r_proj "
+        "[Mpc/h] and v_los [km/s] (one system); plus log10_mstar [log10 Msun]. Units the file states are converted; "
+        "ranges, empty cells, non-numbers and repeated rows are refused with one line. Applies the model's training "
+        "cylinder and features, and prints the posterior of log10 M200c [Msun/h] under the chosen prior.",
         formatter_class=fmt,
     )
     p.add_argument("--model", type=Path, required=True,
                    help="model directory (model.json), or a run's model/ directory (flow/ preferred, else mdn/)")
-    p.add_argument("--members", type=Path, required=True, help="members file (.csv, .ecsv, .fits)")
+    p.add_argument("--members", type=Path, required=True, help="members file (.csv, .ecsv, .fits, .h5)")
     p.add_argument("--prior", default=DEFAULT_PRIOR, help="flat | tinker08 | training | a two-column table file")
     p.add_argument("--center", type=float, nargs=3, default=None, metavar=("RA", "DEC", "Z"),
                    help="cluster centre in deg, deg and redshift (default: estimated from the members)")
@@ -207,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--far-redshift", choices=list(FAR_REDSHIFT_POLICIES), default=FAR_REDSHIFT_POLICIES[0],
                    help="a cluster far from the model's snapshot redshift: answer with a REDSHIFT flag, or refuse")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--plot", type=Path, default=None, help="draw the posterior PDF to this PNG")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="draw the posterior PDF to this PNG (checked before computing; its folder is created)")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser(
@@ -222,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="validate the configuration and print where the tasks would run (with the SLURM job script "
                         "for [runner] kind = \"slurm\"); start nothing")
+    p.add_argument("--recompute", action="store_true",
+                   help="recompute every stage and hash every input again, whatever the run directory's cache "
+                        "holds (the cache is refreshed)")
     p.set_defaults(func=cmd_run)
     return parser
 
@@ -241,41 +247,147 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from pipeline.caches import configure_caches
+    from pipeline.determinism import configure_determinism
 
     configure_caches()
+    started = time.time()
     try:
+        configure_determinism()  # before any jax computation: the same numbers whatever the core count
         return int(args.func(args) or 0)
     except ClusterMassError as exc:
+        _clean_up(args, started)
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # e.g. `clustermass inspect ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        _clean_up(args, started)
         print("error: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:
-        if args.debug:
+    except Exception as exc:
+        _clean_up(args, started)
+        if no_space(exc):  # a full disk (HDF5, Arrow and Prefect report it in their own ways): bad input, status 2
+            if args.debug:
+                raise
+            print(f"error: {_no_space_line(exc, _output_of(args))}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if args.debug or not isinstance(exc, OSError):
             raise
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {where}{_one_line(exc.strerror or exc)}", file=sys.stderr)
         return EXIT_FAILURE
 
 
-def _override(section: Any, args: argparse.Namespace, name: str) -> Any:
-    """``section`` with the options the user gave (those not None) put in, checked as the configuration is."""
-    import dataclasses
+def _one_line(message: object) -> str:
+    """``message`` on one line (HDF5 and some libraries put line breaks in theirs)."""
+    return " ".join(str(message).split())
 
-    from pipeline.errors import ConfigError
+
+def _no_space_line(exc: BaseException, out: Path | None = None) -> str:
+    """``<file>: no space left on device``, naming the file the user asked for where it can be told, else the
+    command's output directory ``out``."""
+    from pipeline.files import NO_SPACE
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OutputError):
+            return _one_line(exc)
+        name = getattr(exc, "filename", None) or next(iter(re.findall(r"filename = '([^']+)'", str(exc))), None)
+        if name:
+            path = Path(name)
+            if path.name.startswith(".") and ".partial" in path.name:  # the temporary: name its target
+                path = path.with_name(path.name[1:].split(".partial")[0])
+            return f"{path}: {NO_SPACE}"
+        exc = exc.__cause__ or exc.__context__
+    return f"{out}: {NO_SPACE}" if out is not None else NO_SPACE
+
+
+def _output_of(args: argparse.Namespace) -> Path | None:
+    """The output directory of the command ``args`` runs (``--out``; ``run``: else the configuration's)."""
+    out = getattr(args, "out", None)
+    if out is None and args.command == "run":
+        try:
+            from flows.config import load_config
+
+            out = load_config(args.config, run=False).output.dir
+        except Exception:
+            out = None
+    return None if out is None else Path(out)
+
+
+def _clean_up(args: argparse.Namespace, started: float) -> None:
+    """After a failure: HDF5 files left open under temporary names are emptied, closed and deleted (so HDF5 has
+    nothing to flush at exit, where a full disk would crash the interpreter), and hidden ``.partial`` temporaries
+    this command left in its output directory are removed."""
+    from pipeline.files import release_hdf5_partials, remove_partials
+
+    release_hdf5_partials()
+    out = _output_of(args)
+    if out is not None:
+        try:
+            remove_partials(out, since=started)
+        except Exception:  # the safety net must not hide the error being reported
+            pass
+
+
+#: options whose name is not the configuration key's with dashes
+_FLAGS = {"regions_per_side": "--regions", "models": "--kind"}
+
+
+def _flag(key: str) -> str:
+    """The command-line option that sets configuration key ``key``."""
+    return _FLAGS.get(key, "--" + key.replace("_", "-"))
+
+
+def _override(section: Any, args: argparse.Namespace, name: str) -> Any:
+    """``section`` with the options the user gave (those not None) put in, checked as the configuration is.
+
+    A bad option is named as the user typed it (``error: observe --regions: expected an integer in [1, 64], got
+    0``); a bad combination with a value from the configuration names the file and section ``name``.
+    """
+    import dataclasses
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(section)
              if getattr(args, f.name, None) is not None}
     try:
         return dataclasses.replace(section, **given)
     except ConfigError as exc:
-        raise ConfigError(f"command-line options for {name}: {exc}") from None
+        raise _relocated(exc, args, name) from None
+
+
+def _relocated(exc: ConfigError, args: argparse.Namespace, name: str) -> ConfigError:
+    """``exc`` (about configuration section ``name``, e.g. ``"[observe]"``) located where its value came from: the
+    command-line option, the configuration file, or the section's default."""
+    if exc.key is not None and getattr(args, exc.key, None) is not None:
+        return ConfigError(exc.message, where=f"{args.command} {_flag(exc.key)}")
+    where = f"{args.config} {name}" if getattr(args, "config", None) else f"{args.command}: the default {name}"
+    return ConfigError(exc.message, key=exc.key, where=where)
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out`` must be, or be creatable as, a folder this user can write (checked before any work)."""
+    from flows.config import check_output_dir
+
+    try:
+        check_output_dir(Path(args.out), key="--out", writable=True)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, where=f"{args.command} --out") from None
+
+
+def _check_prior_option(args: argparse.Namespace) -> None:
+    """``--prior``: a built-in name, or a table file read and checked now (finite, non-negative, normalisable)."""
+    from inference.priors import BUILTIN, read_table
+
+    if args.prior in BUILTIN:
+        return
+    if not (Path(args.prior).suffix or os.sep in args.prior or Path(args.prior).exists()):
+        raise ConfigError(f"expected one of {list(BUILTIN)} or a two-column table file, got {args.prior!r}",
+                          where=f"{args.command} --prior")
+    read_table(args.prior)
 
 
 # -- commands -------------------------------------------------------------------------------------------------
@@ -284,7 +396,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from ingest.synth.synthesize import synthesize
     from pipeline.progress import Progress
 
-    section = _override(load_config(args.config).synth, args, "[synth]")
+    section = _override(load_config(args.config, run=False).synth, args, "[synth]")
+    _check_out(args)
     config = section.box_config()
     progress = Progress("synth cells", enabled=not args.quiet)
     result = synthesize(args.out, config, fmt=section.format, workers=section.workers, progress=progress)
@@ -301,7 +414,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     kind = args.kind or ("galaxies" if any(k in args.file.name.lower() for k in ("galax", "sfr_catalog", "um")) else
                          "halos")
-    snapshot = load_config(args.config).snapshot if args.config else None
+    snapshot = load_config(args.config, run=False).snapshot if args.config else None
     reader = read_galaxies if kind == "galaxies" else read_halos
     start = time.perf_counter()
     cat = reader(args.file, format=args.format, snapshot=snapshot)
@@ -336,11 +449,16 @@ def cmd_observe(args: argparse.Namespace) -> int:
     from ingest.catalog import read_galaxies, read_halos
     from pipeline.progress import Progress
 
-    config = load_config(args.config)
+    config = load_config(args.config, run=False)
     section = _override(config.observe, args, "[observe]")
+    _check_out(args)
     start = time.perf_counter()
     halos = read_halos(args.halos, snapshot=config.snapshot)
     galaxies = read_galaxies(args.galaxies, snapshot=config.snapshot)
+    try:  # the cylinder and the regions against the catalogs' box, before the streaming pass
+        section.check_box(halos.snapshot)
+    except ConfigError as exc:
+        raise _relocated(exc, args, "[observe]") from None
     obs = make_observations(halos, galaxies, section.observation_config(), num_workers=section.workers,
                             progress=Progress("regions", enabled=not args.quiet))
     obs_dir, members = write_observations(args.out, obs)
@@ -356,8 +474,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flows.config import load_config
     from models.stage import train_stage
 
-    config = load_config(args.config)
+    config = load_config(args.config, run=False)
     section = _override(config.train, args, "[train]")
+    _check_out(args)
     start = time.perf_counter()
     table, meta = load_observation_table(args.observations)
     members = read_members(args.observations) if set(section.feature_sets) - {"full"} else None
@@ -409,6 +528,8 @@ def _infer_real(args: argparse.Namespace, start: float) -> int:
 
     report = real_catalog(args.members, args.clusters, args.model, args.out, prior=args.prior,
                           far_redshift=args.far_redshift)
+    for line in report.notes:
+        print(line, file=sys.stderr)
     for line in [*report.skipped_galaxies, *report.skipped_clusters]:
         print(f"skipped: {line}", file=sys.stderr)
     for path in report.paths:
@@ -426,6 +547,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from inference.validate import validate_stage
     from models.stage import held_out_mask
 
+    _check_out(args)
+    _check_prior_option(args)  # a prior table is read and checked before anything is computed
     table, snapshot = _observation_table(args.observations)
     mask = held_out_mask(table, args.model) if args.hosts == "held-out" else table["cluster_id"].notna().to_numpy()
     members = read_members(args.observations).take(mask) if (args.observations / MEMBERS_FILE).is_file() else None
@@ -449,16 +572,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from inference.query import query
+    from inference.query import check_plot_path, query, write_plot
 
+    if args.plot is not None:
+        check_plot_path(args.plot)  # before anything is computed
     result = query(args.model, args.members, prior=args.prior, inputs=args.inputs, far_redshift=args.far_redshift,
                    centre=tuple(args.center) if args.center is not None else None)
     for note in result.warnings:
         print(note, file=sys.stderr)
     if args.plot is not None:
-        from inference.plots import query_posterior
-
-        query_posterior(result.grid, result.pdf, result.summary, args.plot)
+        write_plot(result, args.plot)
     s = result.summary
     if args.json:
         print(json.dumps(s, indent=2))
@@ -487,7 +610,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.debug:
         _quiet_prefect_about_input_errors()
-    summary = run(args.config, out, quiet=args.quiet)
+    summary = run(args.config, out, quiet=args.quiet, recompute=args.recompute)
     print(f"run directory: {summary['run_dir']}")
     print("stages (state, seconds):")
     for stage, rec in summary["stages"].items():

@@ -4,7 +4,9 @@
 the configuration in the Parquet schema metadata and in ``DIR/observations/_meta.json``.
 ``DIR/members.h5``: the ragged member arrays (``offsets`` plus one dataset per member column with a ``unit``
 attribute) and the (cluster_id, los) of every row, in the table's row order.
-Both appear under their final names only when complete.
+Both appear under their final names only when complete: they are written to hidden ``.<name>.partial``
+temporaries (:mod:`pipeline.files`) that any failure removes; a full disk is one
+:class:`~pipeline.errors.OutputError` line, ``<file>: no space left on device``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from features.definitions import FEATURES
 from features.members import MEMBER_COLUMNS, Members
 from features.observe import ObservationConfig, ObservationPlan, Observations, RegionJob
 from pipeline.errors import InputError
+from pipeline.files import atomic_output, hdf5_output
 from pipeline.snapshot import Snapshot
 
 TABLE_UNITS: dict[str, str] = {
@@ -63,32 +65,27 @@ def write_observations(out_dir: str | os.PathLike[str], obs: Observations, *, ro
     out.mkdir(parents=True, exist_ok=True)
     meta = observation_metadata(obs, extra_meta)
     final_dir = out / OBSERVATIONS_DIR
-    tmp_dir = out / f".{OBSERVATIONS_DIR}.partial"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
+    members_path = out / MEMBERS_FILE
     schema_meta = {b"clustermass": json.dumps(meta).encode()}
     table = obs.table
-    for k, start in enumerate(range(0, max(len(table), 1), rows_per_part)):
-        part = pa.Table.from_pandas(table.iloc[start:start + rows_per_part], preserve_index=False)
-        part = part.replace_schema_metadata({**(part.schema.metadata or {}), **schema_meta})
-        pq.write_table(part, tmp_dir / f"part-{k:05d}.parquet")
-    (tmp_dir / "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-    members_path = out / MEMBERS_FILE
-    tmp_members = out / f".{MEMBERS_FILE}.partial"
-    with h5py.File(tmp_members, "w") as fh:
-        fh.create_dataset("offsets", data=obs.members.offsets)
-        fh.create_dataset("cluster_id", data=table["cluster_id"].to_numpy())
-        fh.create_dataset("los", data=table["los"].to_numpy())
-        for name, (_, unit, desc) in MEMBER_COLUMNS.items():
-            ds = fh.create_dataset(name, data=getattr(obs.members, name), chunks=True if len(table) else None)
-            ds.attrs["unit"] = unit
-            ds.attrs["description"] = desc
-        fh.attrs["metadata"] = json.dumps(meta)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
-    os.replace(tmp_members, members_path)
+    with atomic_output(final_dir, directory=True) as tmp_dir:
+        for k, start in enumerate(range(0, max(len(table), 1), rows_per_part)):
+            part = pa.Table.from_pandas(table.iloc[start:start + rows_per_part], preserve_index=False)
+            part = part.replace_schema_metadata({**(part.schema.metadata or {}), **schema_meta})
+            pq.write_table(part, tmp_dir / f"part-{k:05d}.parquet")
+        (tmp_dir / "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        with hdf5_output(members_path) as fh:
+            for name, data in (("offsets", obs.members.offsets), ("cluster_id", table["cluster_id"].to_numpy()),
+                               ("los", table["los"].to_numpy())):
+                fh.create_dataset(name, data=data)
+                fh.flush()  # a full disk raises here, not in a destructor (pipeline.files)
+            for name, (_, unit, desc) in MEMBER_COLUMNS.items():
+                ds = fh.create_dataset(name, data=getattr(obs.members, name), chunks=True if len(table) else None)
+                ds.attrs["unit"] = unit
+                ds.attrs["description"] = desc
+                fh.flush()
+                del ds
+            fh.attrs["metadata"] = json.dumps(meta)
     return final_dir, members_path
 
 
@@ -124,15 +121,13 @@ HOSTS_FILE = "hosts.parquet"
 def save_plan(plan: ObservationPlan) -> list[Path]:
     """Write ``plan``'s hosts and jobs next to its buckets (``plan.directory``); returns the files written."""
     d = plan.directory
-    hosts_tmp = d / f".{HOSTS_FILE}.partial"
-    pq.write_table(pa.Table.from_pandas(plan.hosts, preserve_index=False), hosts_tmp)
-    os.replace(hosts_tmp, d / HOSTS_FILE)
+    with atomic_output(d / HOSTS_FILE) as tmp:
+        pq.write_table(pa.Table.from_pandas(plan.hosts, preserve_index=False), tmp)
     payload = {"config": plan.config.to_dict(), "cylinder": dataclasses.asdict(plan.config.cylinder),
                "los": dataclasses.asdict(plan.config.los), "snapshot": plan.snapshot.to_dict(),
                "jobs": [j.to_dict() for j in plan.jobs]}
-    tmp = d / f".{PLAN_FILE}.partial"
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, d / PLAN_FILE)
+    with atomic_output(d / PLAN_FILE) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1) + "\n")
     return [d / HOSTS_FILE, d / PLAN_FILE]
 
 
@@ -152,14 +147,11 @@ def load_plan(directory: str | os.PathLike[str]) -> ObservationPlan:
 def write_region(path: str | os.PathLike[str], table: pd.DataFrame, members: Members) -> Path:
     """One region job's feature rows and members in one ``.npz`` file (written whole, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"table/{c}": table[c].to_numpy() for c in table.columns}
     arrays.update({f"members/{k}": v for k, v in members.arrays().items()})
     arrays["members/offsets"] = members.offsets
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as fh:
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    os.replace(tmp, path)
     return path
 
 

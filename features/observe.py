@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from features.config import check_geometry
 from features.cylinder import (
     CylinderSpec,
     ObservationConfig,
@@ -38,7 +39,7 @@ from features.members import Members
 from features.regions import RegionGrid
 from features.sky import absolute_limit
 from ingest.catalog import Catalog
-from pipeline.errors import ClusterMassError, InputError
+from pipeline.errors import ClusterMassError, ConfigError, InputError, OutputError, no_space
 from pipeline.snapshot import Snapshot
 
 AXIS_RECORD = np.dtype([("galaxy_id", "<i8"), ("upid", "<i8"), ("u", "<f4"), ("v", "<f4"), ("s", "<f4"),
@@ -128,7 +129,10 @@ def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationConf
         raise InputError(galaxies.path, f"snapshot {galaxies.snapshot.to_dict()} differs from the halo catalog's "
                                         f"{snap.to_dict()}")
     spec = config.cylinder
-    spec.check(snap)
+    try:  # the cylinder and the region grid against the box, naming the [observe] key
+        check_geometry(config, snap)
+    except ConfigError as exc:
+        raise exc.located("[observe]") from None
     hosts = select_hosts(halos, spec.host_log10_m200c_min)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -140,8 +144,12 @@ def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationConf
     extra_hosts = provisional.extra_hosts()
     hubble = snap.hubble_per_comoving()
     depth = spec.half_depth(snap)
-    _bucket_galaxies(galaxies, spec, config.los.axes, grid, directions, extra_hosts, hubble,
-                     math.hypot(spec.r_aperture, depth), directory)
+    try:
+        _bucket_galaxies(galaxies, spec, config.los.axes, grid, directions, extra_hosts, hubble,
+                         math.hypot(spec.r_aperture, depth), directory)
+    except BaseException:  # half-filled buckets are of no use to anyone (a full disk: free the space now)
+        remove_buckets(directory)
+        raise
     jobs = []
     for axis in config.los.axes:
         i, j = [a for a in range(3) if a != axis]
@@ -268,24 +276,23 @@ def _bucket_galaxies(galaxies: Catalog, spec: CylinderSpec, axes: Sequence[int],
             hs = _direction_s(extra_hosts[["x", "y", "z"]].to_numpy(), extra_hosts[["vx", "vy", "vz"]].to_numpy(),
                               n_hat, hubble, box)
             host_trees.append(cKDTree(hs, boxsize=box))
-    handles: dict[Path, object] = {}
-    try:
-        parts = frame.to_delayed()
-        step = 2
-        for start in range(0, len(parts), step):
-            chunk = dask.compute(*[dask.delayed(_bucketize)(p, spec.log10_mstar_min, mag_r_max, tuple(axes), grid,
-                                                            directions, host_trees, hubble, reach, box)
-                                   for p in parts[start:start + step]], scheduler="threads")
-            for buckets in chunk:
-                for (kind, key), records in buckets.items():
-                    path = _bucket_path(scratch, *key) if kind == "axis" else _direction_path(scratch, key)
-                    fh = handles.get(path)
-                    if fh is None:
-                        fh = handles[path] = open(path, "ab")
-                    fh.write(records.tobytes())
-    finally:
-        for fh in handles.values():
-            fh.close()
+    parts = frame.to_delayed()
+    step = 2
+    for start in range(0, len(parts), step):
+        chunk = dask.compute(*[dask.delayed(_bucketize)(p, spec.log10_mstar_min, mag_r_max, tuple(axes), grid,
+                                                        directions, host_trees, hubble, reach, box)
+                               for p in parts[start:start + step]], scheduler="threads")
+        for buckets in chunk:
+            for (kind, key), records in buckets.items():
+                path = _bucket_path(scratch, *key) if kind == "axis" else _direction_path(scratch, key)
+                # opened per write, not held: 3 n^2 buckets would exceed the open-file limit for n >= 19
+                try:
+                    with open(path, "ab") as fh:
+                        fh.write(records.tobytes())
+                except OSError as exc:
+                    if no_space(exc):
+                        raise OutputError(path, "no space left on device (writing the galaxy buckets)") from exc
+                    raise
 
 
 def _bucketize(part: pd.DataFrame, log10_mstar_min: float, mag_r_max: float | None, axes: tuple[int, ...],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inference.priors import DEFAULT_PRIOR
+from pipeline.config import check_choice
 from pipeline.errors import ConfigError
 
 #: what query/infer do with a cluster far from the model's snapshot redshift: flag it (REDSHIFT) or refuse
@@ -19,12 +20,14 @@ class InferSection:
     """``[infer]``.
 
     prior : target prior of the catalogs: ``flat`` | ``tinker08`` | ``training`` | a two-column table file
-    (log10 M200c [Msun/h], density per dex); model : whose posteriors fill the catalog, ``flow`` or ``mdn``.
+    (log10 M200c [Msun/h], density per dex; read and checked when the configuration is loaded,
+    :func:`inference.priors.read_table`); model : whose posteriors fill the catalog, ``flow`` or ``mdn``.
     """
 
     prior: str = DEFAULT_PRIOR
     model: str = CATALOG_MODELS[0]
 
     def __post_init__(self) -> None:
-        if self.model not in CATALOG_MODELS:
-            raise ConfigError(f"model must be 'flow' or 'mdn', got {self.model!r}")
+        check_choice("model", self.model, CATALOG_MODELS)
+        if not self.prior.strip():
+            raise ConfigError("expected flat, tinker08, training or a two-column table file, got ''", key="prior")

@@ -7,6 +7,7 @@ redshift, via colossus), ``training`` (the model's own p_train: no correction), 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,14 +51,22 @@ def training(grid: np.ndarray, p_train: np.ndarray) -> TargetPrior:
     return TargetPrior("training", np.asarray(grid), np.log(np.maximum(p_train, 1e-300)))
 
 
-def from_table(path: str | os.PathLike[str], grid: np.ndarray) -> TargetPrior:
-    """A user prior from a two-column text/CSV/ECSV table: log10 M200c [Msun/h], density (>= 0, per dex).
+#: log10 M200c [Msun/h] a prior table's first column may hold: masses, not log10 masses, are refused
+TABLE_LOG10_M_RANGE = (8.0, 17.0)
+#: tolerance (dex) of the grid-coverage check: labels are stored as float32 (1e-6 dex near 15)
+COVER_TOLERANCE = 1e-5
 
-    The table must cover the whole grid; it is interpolated linearly onto it.
+
+def read_table(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A prior table checked on its own (no grid needed): ``(log10 M200c [Msun/h], density per dex)``, sorted.
+
+    Two columns (text, CSV or ECSV, a header line naming them), finite values, log10 masses in [8, 17] (not linear
+    masses), distinct, densities >= 0 and normalisable (a positive, finite integral). Raises :class:`InputError`
+    naming the file, the column and the row.
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(p, "prior table not found")
+        raise InputError(p, "prior table not found" if not p.exists() else "is not a file, expected a prior table")
     try:
         from astropy.table import Table
 
@@ -71,22 +80,53 @@ def from_table(path: str | os.PathLike[str], grid: np.ndarray) -> TargetPrior:
         raise
     except Exception as exc:  # astropy raises many types for unreadable tables
         raise InputError(p, f"cannot read the prior table ({exc.__class__.__name__}: {exc})") from None
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(d))):
-        raise InputError(p, "prior table has non-finite values", column=cols[1])
+    if len(x) < 2:
+        raise InputError(p, f"expected at least two rows (a density to interpolate), found {len(x)}")
+    for name, values in ((cols[0], x), (cols[1], d)):
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise InputError(p, f"expected a finite number, found {values[bad[0]]:g}", column=name,
+                             row=int(bad[0]) + 1)
+    lo, hi = TABLE_LOG10_M_RANGE
+    outside = np.flatnonzero((x < lo) | (x > hi))
+    if len(outside):
+        k = int(outside[0])
+        raise InputError(p, f"expected log10 M200c [Msun/h] in [{lo:g}, {hi:g}], found {x[k]:g}"
+                            + (" (a linear mass? give log10 of it)" if x[k] > 1e3 else ""), column=cols[0], row=k + 1)
     if np.any(d < 0):
         row = int(np.flatnonzero(d < 0)[0]) + 1
         raise InputError(p, f"expected a non-negative density, found {d[row - 1]:g}", column=cols[1], row=row)
-    order = np.argsort(x)
+    order = np.argsort(x, kind="stable")
     x, d = x[order], d[order]
     if np.any(np.diff(x) <= 0):
         raise InputError(p, "log10 M values must be distinct", column=cols[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = float(np.trapezoid(d, x))
+    if not (math.isfinite(norm) and norm > 0):
+        what = "zero everywhere" if norm == 0 else f"not normalisable (integral {norm:g})"
+        raise InputError(p, f"the prior is {what}; expected a positive density somewhere", column=cols[1])
+    return x, d
+
+
+def check_covers(path: str | os.PathLike[str], x: np.ndarray, lo: float, hi: float, why: str = "grid") -> None:
+    """Refuse a table whose log10 masses ``x`` do not span [lo, hi] (``why`` says what that range is)."""
+    if x[0] > lo + COVER_TOLERANCE or x[-1] < hi - COVER_TOLERANCE:
+        raise InputError(path, f"the table covers log10 M = [{x[0]:g}, {x[-1]:g}], expected the whole {why} "
+                               f"[{lo:g}, {hi:g}]")
+
+
+def from_table(path: str | os.PathLike[str], grid: np.ndarray) -> TargetPrior:
+    """A user prior from a two-column text/CSV/ECSV table: log10 M200c [Msun/h], density (>= 0, per dex).
+
+    The table (checked by :func:`read_table`) must cover the whole grid; it is interpolated linearly onto it.
+    """
+    p = Path(path)
+    x, d = read_table(p)
     g = np.asarray(grid, dtype=np.float64)
-    if x[0] > g[0] + 1e-9 or x[-1] < g[-1] - 1e-9:
-        raise InputError(p, f"the table covers log10 M = [{x[0]:g}, {x[-1]:g}], expected the whole grid "
-                            f"[{g[0]:g}, {g[-1]:g}]", column=cols[0])
+    check_covers(p, x, float(g[0]), float(g[-1]))
     dens = np.interp(g, x, d)
     if not np.any(dens > 0):
-        raise InputError(p, "the prior is zero everywhere on the grid", column=cols[1])
+        raise InputError(p, "the prior is zero everywhere on the grid")
     return TargetPrior(f"table:{p.name}", g, np.log(np.maximum(dens, 1e-300)))
 
 

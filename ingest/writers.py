@@ -12,10 +12,11 @@ place for and ignores the others: HDF5 every schema column, the UniverseMachine 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -25,6 +26,7 @@ import pandas as pd
 
 from ingest.schema import GALAXIES, HALOS, Schema
 from ingest.universemachine import UM_ASCII_COLUMNS, UM_ASCII_NAMES, to_records
+from pipeline.files import discard_hdf5, open_hdf5_unbuffered, output_error
 from pipeline.snapshot import Snapshot
 
 #: Rockstar hlist / CosmoSim names for the canonical halo columns, in the order written.
@@ -76,7 +78,7 @@ class CatalogWriter:
         self._fh: io.BufferedWriter | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "hdf5":
-            self._h5 = h5py.File(self.tmp, "w")
+            self._h5 = open_hdf5_unbuffered(self.tmp)
             _write_snapshot_attrs(self._h5, snapshot, schema)
         else:
             self._fh = open(self.tmp, "wb")
@@ -107,13 +109,14 @@ class CatalogWriter:
         if n == 0:
             return
         arrays = {c: np.asarray(columns[c], dtype=self.schema[c].numpy_dtype) for c in names}
-        if self.format == "hdf5":
-            self._append_hdf5(arrays, n)
-        elif self.format == "um-binary":
-            assert self._fh is not None
-            self._fh.write(to_records(arrays).tobytes())
-        else:
-            self._append_text(arrays)
+        with _naming(self.path):
+            if self.format == "hdf5":
+                self._append_hdf5(arrays, n)
+            elif self.format == "um-binary":
+                assert self._fh is not None
+                self._fh.write(to_records(arrays).tobytes())
+            else:
+                self._append_text(arrays)
         self.rows += n
 
     def commit(self) -> Path:
@@ -121,22 +124,24 @@ class CatalogWriter:
         if self._columns is None:  # nothing appended: still write a valid, empty file
             self._columns = list(self.schema.required)
             self._start()
-        if self._h5 is not None:
-            self._h5.attrs["n_rows"] = self.rows
-            self._h5.close()
-            self._h5 = None
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        os.replace(self.tmp, self.path)
+        with _naming(self.path):
+            if self._h5 is not None:
+                self._h5.attrs["n_rows"] = self.rows
+                self._h5.close()
+                self._h5 = None
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            os.replace(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
         if self._h5 is not None:
-            self._h5.close()
+            discard_hdf5(self._h5, self.tmp)  # emptied first: the closing flush cannot fail again; never raises
             self._h5 = None
         if self._fh is not None:
-            self._fh.close()
+            with contextlib.suppress(OSError):  # a full disk fails the last flush too
+                self._fh.close()
             self._fh = None
         self.tmp.unlink(missing_ok=True)
 
@@ -211,6 +216,18 @@ class CatalogWriter:
         sep = "," if self.format == "csv" else " "
         text = frame.to_csv(sep=sep, header=False, index=False, float_format="%.7g", lineterminator="\n")
         self._fh.write(text.encode())
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A full disk while writing ``path`` becomes ``OutputError(path, "no space left on device")``."""
+    try:
+        yield
+    except Exception as exc:
+        error = output_error(path, exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def _write_snapshot_attrs(h5: h5py.File, snapshot: Snapshot, schema: Schema) -> None:

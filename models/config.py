@@ -6,11 +6,13 @@ Architecture and optimisation defaults come from :class:`models.spec.ModelSpec` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from features.definitions import FEATURE_NAMES
 from features.sets import FEATURE_SETS
 from models.spec import EPISTEMIC, KINDS, ModelSpec, TrainSpec
-from pipeline.config import default
+from pipeline.config import check_choice, check_number, default
 from pipeline.errors import ConfigError
 
 #: the models a default run trains (the M-sigma power law is always fitted too); the MDN is available
@@ -25,6 +27,9 @@ DEFAULT_FEATURE_SETS = ("full", "dynamics")
 DEFAULT_REDSHIFTS = (5.0, 150.0)
 #: fraction of hosts held out of training for validation and the catalog (all their lines of sight)
 DEFAULT_TEST_FRACTION = 0.25
+#: upper bounds of the sizes a section may ask for: beyond them a typo would exhaust memory or time, not fail
+LIMITS = {"layers": 64, "width": 65536, "n_components": 1024, "n_bins": 1024, "ensemble": 100, "mc_samples": 10_000,
+          "batch_size": 1 << 24, "epochs": 1_000_000, "weight_draws": 10_000, "members": 100_000}
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class TrainSection:
     ``"bayes_by_backprop"`` (one variational network, :mod:`models.bayes`; ``ensemble`` is ignored, dropout must be
     0) with prior_scale, weight_draws and posterior_init_std (:class:`TrainSpec`). It applies to the density models;
     the ``mse`` baseline is always a plain ensemble of ``baseline_ensemble`` members.
+
+    Every key is checked here, on its own (types, ranges, known names; sizes bounded by :data:`LIMITS`, rates and
+    scales finite and positive, seed a 32-bit integer) and against the others (min_members_thinned <= redshifts'
+    hi; the epistemic method's needs), so that no bad value reaches training.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -73,27 +82,48 @@ class TrainSection:
     reuse: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "models", tuple(self.models))
-        object.__setattr__(self, "feature_sets", tuple(self.feature_sets))
-        object.__setattr__(self, "redshifts", tuple(float(c) for c in self.redshifts))
-        unknown_sets = sorted(set(self.feature_sets) - set(FEATURE_SETS))
-        if unknown_sets or "full" not in self.feature_sets:
-            raise ConfigError(f"feature_sets must include 'full' and be some of {list(FEATURE_SETS)}, got "
-                              f"{list(self.feature_sets)}")
+        for key in ("models", "feature_sets", "features", "hidden"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+        object.__setattr__(self, "redshifts", tuple(self.redshifts))
+        _check_names("models", self.models, KINDS, empty_ok=False)
+        _check_names("feature_sets", self.feature_sets, tuple(FEATURE_SETS), empty_ok=False)
+        if "full" not in self.feature_sets:
+            raise ConfigError(f"expected 'full' among the feature sets, got {list(self.feature_sets)}",
+                              key="feature_sets")
         lo_hi = self.redshifts
-        if len(lo_hi) != 2 or not 3.0 <= lo_hi[0] <= lo_hi[1]:
-            raise ConfigError(f"redshifts must be [lo, hi] with 3 <= lo <= hi members, got {list(lo_hi)}")
-        if self.min_members_thinned < 3:
-            raise ConfigError(f"min_members_thinned must be >= 3, got {self.min_members_thinned}")
-        object.__setattr__(self, "features", tuple(self.features))
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        unknown = sorted(set(self.models) - set(KINDS))
-        if unknown or not self.models:
-            raise ConfigError(f"models must be some of {list(KINDS)}, got {list(self.models)}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.epistemic not in EPISTEMIC:
-            raise ConfigError(f"epistemic must be one of {list(EPISTEMIC)}, got '{self.epistemic}'")
+        if not (len(lo_hi) == 2 and all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c)
+                                        for c in lo_hi) and 3.0 <= lo_hi[0] <= lo_hi[1] <= LIMITS["members"]):
+            raise ConfigError(f"expected [lo, hi] members with 3 <= lo <= hi <= {LIMITS['members']}, got "
+                              f"{list(lo_hi)}", key="redshifts")
+        object.__setattr__(self, "redshifts", tuple(float(c) for c in lo_hi))
+        check_number("min_members_thinned", self.min_members_thinned, low=3, high=int(self.redshifts[1]),
+                     integer=True)
+        _check_names("features", self.features, FEATURE_NAMES, empty_ok=True)
+        check_number("test_fraction", self.test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        if not 1 <= len(self.hidden) <= LIMITS["layers"]:
+            raise ConfigError(f"expected 1 to {LIMITS['layers']} layer widths, got {list(self.hidden)}", key="hidden")
+        for width in self.hidden:
+            try:
+                check_number("hidden", width, low=1, high=LIMITS["width"], integer=True)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc.message.replace('got', 'got a width of', 1)} in {list(self.hidden)}",
+                                  key="hidden") from None
+        check_number("n_components", self.n_components, low=1, high=LIMITS["n_components"], integer=True)
+        check_number("n_bins", self.n_bins, low=2, high=LIMITS["n_bins"], integer=True)
+        check_number("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        for key in ("ensemble", "baseline_ensemble"):
+            check_number(key, getattr(self, key), low=1, high=LIMITS["ensemble"], integer=True)
+        check_number("mc_samples", self.mc_samples, low=1, high=LIMITS["mc_samples"], integer=True)
+        check_number("batch_size", self.batch_size, low=1, high=LIMITS["batch_size"], integer=True)
+        for key in ("max_epochs", "patience"):
+            check_number(key, getattr(self, key), low=1, high=LIMITS["epochs"], integer=True)
+        check_number("learning_rate", self.learning_rate, low=0.0, high=1.0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0.0, high=1.0)
+        check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
+        check_choice("epistemic", self.epistemic, EPISTEMIC)
+        check_number("prior_scale", self.prior_scale, low=0.0, high=1e3, low_open=True)
+        check_number("weight_draws", self.weight_draws, low=1, high=LIMITS["weight_draws"], integer=True)
+        check_number("posterior_init_std", self.posterior_init_std, low=0.0, high=10.0, low_open=True)
         if self.epistemic == "mc_dropout" and not (self.dropout > 0 and self.mc_samples > 1):
             raise ConfigError(f"epistemic = 'mc_dropout' requires dropout > 0 and mc_samples > 1 (dropout masks "
                               f"averaged at prediction), got dropout = {self.dropout}, mc_samples = {self.mc_samples}")
@@ -119,3 +149,13 @@ class TrainSection:
                           epistemic="ensemble" if kind == "mse" else self.epistemic, prior_scale=self.prior_scale,
                           weight_draws=self.weight_draws, posterior_init_std=self.posterior_init_std)
         return spec, train
+
+
+def _check_names(key: str, values: tuple, known: tuple, *, empty_ok: bool) -> None:
+    """Refuse unknown or repeated names in the list ``key`` (and an empty list unless ``empty_ok``)."""
+    unknown = [v for v in values if v not in known]
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if unknown or repeated or (not values and not empty_ok):
+        got = f"unknown {unknown}" if unknown else f"repeated {repeated}" if repeated else "an empty list"
+        expected = "distinct names from" if empty_ok else "one or more distinct names from"
+        raise ConfigError(f"expected {expected} {list(known)}, got {got}", key=key)

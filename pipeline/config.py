@@ -7,13 +7,16 @@ table into a section dataclass, checking unknown keys and types against the data
 it lets a section take its defaults from the stage spec it configures (:func:`default`), so that every default
 lives in one place.
 
-Errors are :class:`~pipeline.errors.ConfigError` naming the file and section, e.g.
-``run.toml [observe]: 'v_cut' must be float, got 'fast'``.
+Errors are :class:`~pipeline.errors.ConfigError` naming the file, the section and the key, e.g.
+``run.toml [observe] v_cut: expected a number, got 'fast'``. A section's ``__post_init__`` checks every key with
+:func:`check_number` / :func:`check_choice` (or raises ``ConfigError(message, key=...)`` itself) and does not know
+the file: :func:`section` puts it in front.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -80,28 +83,28 @@ def section(cls: type[S], values: Mapping[str, Any], where: str) -> S:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
-    typed = {key: _coerce(value, hints[key], key, where) for key, value in values.items()}
+        raise ConfigError(f"unknown key(s) {unknown}; expected some of {sorted(names)}", where=where)
     try:
+        typed = {key: _coerce(value, hints[key], key) for key, value in values.items()}
         return cls(**typed)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise exc.located(where) from None
 
 
 _SCALARS: dict[type, tuple[type, ...]] = {float: (int, float), int: (int,), str: (str,), Path: (str,), bool: (bool,)}
 
 
-def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):  # X | None: TOML has no null, so the value is an X
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(options) > 1:  # X | Y (e.g. float | tuple[float, float]): the first form the value has
             for option in options:
                 try:
-                    return _coerce(value, option, key, where)
+                    return _coerce(value, option, key)
                 except ConfigError:
                     pass
-            raise ConfigError(f"{where}: '{key}' must be {' or '.join(_name(o) for o in options)}, got {value!r}")
+            raise ConfigError(f"expected {' or '.join(_name(o) for o in options)}, got {value!r}", key=key)
         hint = options[0]
         origin = typing.get_origin(hint)
     if origin in (list, tuple):
@@ -109,13 +112,12 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         ok = _SCALARS[item]
         if not isinstance(value, list) or any(isinstance(v, bool) != (item is bool) or not isinstance(v, ok)
                                               for v in value):
-            raise ConfigError(f"{where}: '{key}' must be a list of {item.__name__}, got {value!r}")
+            raise ConfigError(f"expected {_name(hint)}, got {value!r}", key=key)
         items = [item(v) for v in value]
         return tuple(items) if origin is tuple else items
     ok = _SCALARS.get(hint, (str,))
     if isinstance(value, bool) != (hint is bool) or not isinstance(value, ok):
-        name = getattr(hint, "__name__", str(hint))
-        raise ConfigError(f"{where}: '{key}' must be {'str' if name == 'Path' else name}, got {value!r}")
+        raise ConfigError(f"expected {_name(hint)}, got {value!r}", key=key)
     if hint is float:
         return float(value)
     if hint is Path:
@@ -123,12 +125,69 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     return value
 
 
+_WORDS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+          Path: ("a path", "paths"), bool: ("true or false", "booleans")}
+
+
 def _name(hint: Any) -> str:
-    """How an error names a type: ``float``, ``str``, ``list of float``."""
+    """How an error names a type: ``a number``, ``a string``, ``a list of numbers``."""
     if typing.get_origin(hint) in (list, tuple):
-        return f"list of {_name(typing.get_args(hint)[0])}"
-    name = getattr(hint, "__name__", str(hint))
-    return "str" if name == "Path" else name
+        return f"a list of {_WORDS.get(typing.get_args(hint)[0], ('', 'values'))[1]}"
+    return _WORDS.get(hint, (getattr(hint, "__name__", str(hint)), ""))[0]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_number(key: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, integer: bool = False, unit: str = "") -> None:
+    """Refuse ``value`` of ``key`` unless it is a finite number (an integer with ``integer``) within the bounds.
+
+    ``low``/``high`` are inclusive unless ``low_open``/``high_open``. The error is one line, e.g.
+    ``r_aperture: expected a number > 0 [Mpc/h], got nan``, located by :func:`section`.
+
+    >>> check_number("v_cut", 2500.0, low=0, low_open=True, unit="km/s")
+    >>> check_number("regions_per_side", 0, low=1, high=64, integer=True)
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.ConfigError: regions_per_side: expected an integer in [1, 64], got 0
+    """
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else (
+        _is_number(value) and math.isfinite(value))
+    if ok:
+        ok = not ((low is not None and (value < low or (low_open and value == low)))
+                  or (high is not None and (value > high or (high_open and value == high))))
+    if not ok:
+        what = describe_number(low=low, high=high, low_open=low_open, high_open=high_open, integer=integer, unit=unit)
+        raise ConfigError(f"expected {what}, got {value!r}", key=key)
+
+
+def describe_number(*, low: float | None = None, high: float | None = None, low_open: bool = False,
+                    high_open: bool = False, integer: bool = False, unit: str = "") -> str:
+    """``"an integer in [1, 64]"``, ``"a number > 0 [Mpc/h]"``: what :func:`check_number` expects, in words."""
+    what = "an integer" if integer else "a number"
+    if low is not None and high is not None:
+        what += f" in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
+    elif low is not None:
+        what += f" {'>' if low_open else '>='} {_bound(low)}"
+    elif high is not None:
+        what += f" {'<' if high_open else '<='} {_bound(high)}"
+    return what + (f" [{unit}]" if unit else "")
+
+
+def _bound(value: float) -> str:
+    """A bound as people write it: ``16777216`` and ``1000000`` for integers, ``0.5`` and ``1e+300`` for others."""
+    if float(value).is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:g}"
+
+
+def check_choice(key: str, value: Any, choices: tuple | list) -> None:
+    """Refuse ``value`` of ``key`` unless it is one of ``choices``: ``model: expected one of ['flow', 'mdn'],
+    got 'svm'``."""
+    if value not in choices:
+        raise ConfigError(f"expected one of {list(choices)}, got {value!r}", key=key)
 
 
 def resolve_path(value: str | Path, base: Path) -> Path:

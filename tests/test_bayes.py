@@ -203,7 +203,7 @@ def test_save_and_load_round_trip_the_variational_member_exactly(tmp_path, toy_f
 
 def test_epistemic_configuration_is_validated_with_one_line_errors():
     assert TrainSpec().epistemic == "ensemble" and TrainSection().epistemic == "ensemble"
-    with pytest.raises(ConfigError, match=r"epistemic must be one of \['ensemble', 'mc_dropout', 'bayes_by_backp"):
+    with pytest.raises(ConfigError, match=r"epistemic: expected one of \['ensemble', 'mc_dropout', 'bayes_by_back"):
         TrainSection(epistemic="laplace")
     with pytest.raises(ConfigError, match=r"epistemic = 'mc_dropout' requires dropout > 0 and mc_samples > 1"):
         TrainSection(epistemic="mc_dropout", mc_samples=8)

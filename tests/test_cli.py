@@ -97,20 +97,20 @@ def test_debug_shows_traceback(tmp_path):
     ("text", "message"),
     [
         ("[bogus]\n", "unknown section(s) ['bogus']"),
-        ("[synth]\nseed = 'one'\n", "'seed' must be int"),
-        ("[synth]\nbox_size = true\n", "'box_size' must be float"),
-        ("[input]\nhalos = 'missing.list'\ngalaxies = 'g.bin'\n", "halos file"),
+        ("[synth]\nseed = 'one'\n", "c.toml [synth] seed: expected an integer, got 'one'"),
+        ("[synth]\nbox_size = true\n", "[synth] box_size: expected a number, got True"),
+        ("[input]\nhalos = 'missing.list'\ngalaxies = 'g.bin'\n", "[input] halos: expected a catalog file, got "),
         ("[snapshot]\nbox_size = 100\n", "scale_factor (or redshift) is required"),
         ("[synth\n", "not valid TOML"),
-        ("[infer]\nmodel = 'svm'\n", "model must be 'flow' or 'mdn'"),
-        ("[train]\nmodels = ['mdn']\n", "model 'flow' is not among the trained models"),
-        ("[infer]\nprior = 'nowhere.csv'\n", "must be flat, tinker08, training or an existing table file"),
-        ("[runner]\nkind = 'kubernetes'\n", "kind must be one of ['threads', 'dask', 'slurm']"),
+        ("[infer]\nmodel = 'svm'\n", "[infer] model: expected one of ['flow', 'mdn'], got 'svm'"),
+        ("[train]\nmodels = ['mdn']\n", "[infer] model: expected one of the trained models ['mdn']"),
+        ("[infer]\nprior = 'nowhere.csv'\n", "[infer] prior: expected flat, tinker08, training or an existing table"),
+        ("[runner]\nkind = 'kubernetes'\n", "[runner] kind: expected one of ['threads', 'dask', 'slurm'], got 'kuber"),
         ("[runner]\naddress = 'tcp://h:8786'\n", "address is for kind = \"dask\""),
-        ("[runner]\nkind = 'slurm'\njobs = 0\n", "workers, jobs, cores and processes must be >= 1"),
-        ("[runner]\njob_extra_directives = '--qos=low'\n", "'job_extra_directives' must be a list of str"),
-        ("[runner]\nmemory = 32\n", "'memory' must be str"),
-        ("[train]\nreuse = 'no-such-model'\n", "holds no trained model"),
+        ("[runner]\nkind = 'slurm'\njobs = 0\n", "[runner] jobs: expected an integer in [1, 4096], got 0"),
+        ("[runner]\njob_extra_directives = '--qos=low'\n", "[runner] job_extra_directives: expected a list of strings"),
+        ("[runner]\nmemory = 32\n", "[runner] memory: expected a string, got 32"),
+        ("[train]\nreuse = 'no-such-model'\n", "no-such-model holds no trained model"),
     ],
 )
 def test_config_errors(tmp_path, text, message):
@@ -122,8 +122,14 @@ def test_config_errors(tmp_path, text, message):
 
 
 def test_config_defaults_and_snapshot():
-    cfg = parse_config({"snapshot": {"box_size": 1000, "scale_factor": 0.8951, "cosmology": "mdpl2"}})
+    """A [snapshot] alone serves commands given catalogs of their own (inspect, observe); a run without [input]
+    observes the synthetic box, which it must then describe."""
+    snapshot = {"box_size": 1000, "scale_factor": 0.8951, "cosmology": "mdpl2"}
+    cfg = parse_config({"snapshot": snapshot}, run=False)
     assert cfg.snapshot.box_size == 1000.0 and cfg.synth.box_size == 800.0 and cfg.input is None
+    with pytest.raises(ConfigError, match=r"^<config> \[snapshot\]: describes a 1000 Mpc/h box .* \(800 Mpc/h"):
+        parse_config({"snapshot": snapshot})
+    assert parse_config({"snapshot": snapshot, "synth": {"box_size": 1000}}).snapshot.box_size == 1000.0
 
 
 def test_observe_command_writes_table_and_members(tmp_path, capsys):

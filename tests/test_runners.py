@@ -176,7 +176,7 @@ def test_describe() -> None:
 
 def test_example_slurm_config_loads() -> None:
     cfg = load_config(EXAMPLE)
-    assert cfg.runner.kind == "slurm" and cfg.output.dir == Path("runs/nightly")
+    assert cfg.runner.kind == "slurm" and cfg.output.dir.resolve() == (ROOT / "runs" / "nightly").resolve()
     script = slurm_job_script(cfg.runner)
     assert "#SBATCH --mem=32G" in script and "#SBATCH --cpus-per-task=8" in script
 
@@ -265,7 +265,7 @@ def test_cli_bad_runner_kind_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     config = write_config(tmp_path, 'kind = "mpi"')
     assert deploy.main(["--config", str(config), "--print"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "kind must be one of" in err[0]
+    assert len(err) == 1 and "[runner] kind: expected one of ['threads', 'dask', 'slurm'], got 'mpi'" in err[0]
 
 
 def test_cli_missing_config_exits_2(tmp_path: Path) -> None:
