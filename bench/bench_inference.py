@@ -33,6 +33,7 @@ from models.model import TrainedModel
 from models.networks import init_params
 from models.prior import TrainingPrior
 from models.spec import ModelSpec, Standardizer, TrainSpec
+from pipeline.determinism import configure_determinism
 
 
 def fake_model(n_members: int, kind: str = "mdn") -> TrainedModel:
@@ -45,6 +46,7 @@ def fake_model(n_members: int, kind: str = "mdn") -> TrainedModel:
 
 
 def main() -> None:
+    configure_determinism()  # as the CLI: XLA's CPU pool of one thread (before jax's first computation)
     n = 262_144
     chunk = 1024
     rng = np.random.default_rng(1)
