@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -41,6 +40,7 @@ from models.networks import init_params
 from models.prior import TrainingPrior
 from models.spec import KINDS, History, ModelSpec, Standardizer, TrainSpec
 from pipeline.errors import ClusterMassError, InputError
+from pipeline.files import atomic_output
 from pipeline.provenance import _drop_timings as drop_timings
 from pipeline.snapshot import Snapshot
 
@@ -68,9 +68,14 @@ def save_model(directory: str | os.PathLike[str], model: TrainedModel, *,
                histories: Sequence[History] = (), extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``directory`` (replaced if it exists)."""
     target = Path(directory)
-    tmp = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_output(target, directory=True) as tmp:  # removed on any failure; a full disk names the directory
+        _write_model(tmp, model, histories=histories, extra=extra)
+    return target
+
+
+def _write_model(tmp: Path, model: TrainedModel, *, histories: Sequence[History],
+                 extra: dict[str, Any] | None) -> None:
+    """The member files and model.json of ``model`` in the (temporary) directory ``tmp``."""
     members = []
     for k, params in enumerate(model.members):
         blob = serialization.to_bytes(jax.device_get(params))
@@ -96,10 +101,6 @@ def save_model(directory: str | os.PathLike[str], model: TrainedModel, *,
         **(extra or {}),
     }
     write_description(tmp, description)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    return target
 
 
 def epistemic_description(train: TrainSpec) -> dict[str, Any]:

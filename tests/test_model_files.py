@@ -340,3 +340,23 @@ def test_query_refuses_a_tampered_model_in_one_line(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "has no content_sha256" in err and any("no content_sha256" in w for w in json.loads(out)["warnings"])
+
+
+def test_a_full_disk_while_saving_leaves_the_previous_model_and_no_partial(model_dir, monkeypatch):
+    import errno
+
+    import models.io
+    from pipeline.errors import OutputError
+
+    before = sorted(p.name for p in model_dir.iterdir())
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(models.io, "write_description", full)
+    with pytest.raises(OutputError, match="no space left on device"):
+        build_model(model_dir)
+    assert sorted(p.name for p in model_dir.iterdir()) == before  # the previous model untouched
+    assert not [p for p in model_dir.parent.iterdir() if p.name.endswith(".partial")]
+    monkeypatch.undo()
+    load_model(model_dir)
