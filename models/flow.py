@@ -280,10 +280,9 @@ def flow_log_prob_grid(
     broadcast over the grid, instead of once per (row, grid point): the softmaxes and softplus of the bins cost
     ~50 transcendental functions per evaluation, the spline itself two logarithms.
     """
-    u = (grid[None, :] - p.shift[:, None]) * jnp.exp(-p.log_scale)[:, None]
-    z, logdet = rqs_forward(u, p.widths[:, None, :], p.heights[:, None, :], p.derivatives[:, None, :], bound=bound,
-                            min_bin=min_bin, min_derivative=min_derivative)
-    return -0.5 * z**2 - _HALF_LOG_2PI + logdet - p.log_scale[:, None]
+    rows = FlowParams(p.shift[:, None], p.log_scale[:, None], p.widths[:, None, :], p.heights[:, None, :],
+                      p.derivatives[:, None, :])  # a grid axis of length 1: the bins broadcast over the grid
+    return flow_log_prob(rows, grid[None, :], bound=bound, min_bin=min_bin, min_derivative=min_derivative)
 
 
 def flow_cdf(

@@ -11,13 +11,12 @@ import pytest
 from astropy import units as u
 from astropy.table import Table
 from test_model_files import build_run_models, toy_clusters
+from test_query import DECC, RAC, ZC, _to_sky
 
 from clustermass.cli import main
-from features.sky import C_KMS, comoving_distance
 from inference.member_table import checked_rows, open_members
 from pipeline.cosmology import MDPL2
 
-RAC, DECC, ZC = 150.0, 2.0, 0.117
 H = MDPL2.h
 
 
@@ -30,15 +29,6 @@ def _cluster(seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """r_proj [Mpc/h], v_los [km/s], log10 M* of one toy cluster (tens of members)."""
     _, r, v, m, _ = toy_clusters(1, seed=seed)
     return r, v, m
-
-
-def _to_sky(r: np.ndarray, v: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    theta = r / comoving_distance(ZC, MDPL2)
-    phi = rng.uniform(0, 2 * np.pi, len(r))
-    dec = DECC + np.degrees(theta * np.sin(phi))
-    ra = RAC + np.degrees(theta * np.cos(phi)) / np.cos(np.radians(DECC))
-    return ra, dec, ZC + v * (1 + ZC) / C_KMS
 
 
 def _csv(path, **cols):
