@@ -20,11 +20,13 @@ from pipeline.errors import ConfigError
 DEFAULT_MODELS = ("flow", "mse")
 #: feature sets trained by default: the full set and the dynamics-only set (features.sets)
 DEFAULT_FEATURE_SETS = ("full", "dynamics")
-#: number of redshifts per observation of the thinned (dynamics) training set: drawn log-uniformly in this range,
-#: independently of mass (all members when fewer). A completeness fraction drawn per observation (30-100%) was tried
-#: first: richer clusters then still kept more members, the network read mass from the sample size, and at 40%
-#: completeness the held-out modes were 0.10 dex low (README, "Real clusters")
-DEFAULT_REDSHIFTS = (5.0, 150.0)
+#: members kept per observation of the thinned (dynamics) training set (the number of measured redshifts): a target
+#: count is drawn log-uniformly in this range, independently of mass, and each member is kept with probability
+#: target / n (all members when n <= target), so the kept count is binomial around the target. A completeness
+#: fraction drawn per observation (30-100%) was tried first: richer clusters then still kept more members, the
+#: network read mass from the sample size, and at 40% completeness the held-out modes were 0.10 dex low (README,
+#: "Real clusters")
+DEFAULT_MEMBERS_KEPT = (5.0, 150.0)
 #: fraction of hosts held out of training for validation and the catalog (all their lines of sight)
 DEFAULT_TEST_FRACTION = 0.25
 #: upper bounds of the sizes a section may ask for: beyond them a typo would exhaust memory or time, not fail
@@ -37,9 +39,9 @@ class TrainSection:
     """``[train]``.
 
     models : some of ``mdn``, ``flow``, ``mse``; feature_sets : ``full`` plus any of ``richness``, ``dynamics``
-    (:mod:`features.sets`; density models only for the smaller sets); redshifts : [lo, hi] of the number of members
-    kept per observation of the dynamics set (log-uniform, independent of mass; :data:`DEFAULT_REDSHIFTS`), whose
-    training rows need
+    (:mod:`features.sets`; density models only for the smaller sets); members_kept : [lo, hi] of the number of
+    members kept per observation of the dynamics set (a target drawn log-uniformly, independent of mass; each member
+    kept with probability target / n; :data:`DEFAULT_MEMBERS_KEPT`), whose training rows need
     ``min_members_thinned`` members after thinning; features : feature names of the full set (empty: every feature
     of the observation table); test_fraction : hosts held out (never seen in training); reuse : a trained model
     directory (a run's ``model/``) to use instead of training. The rest are :class:`ModelSpec` (hidden,
@@ -52,13 +54,13 @@ class TrainSection:
     the ``mse`` baseline is always a plain ensemble of ``baseline_ensemble`` members.
 
     Every key is checked here, on its own (types, ranges, known names; sizes bounded by :data:`LIMITS`, rates and
-    scales finite and positive, seed a 32-bit integer) and against the others (min_members_thinned <= redshifts'
+    scales finite and positive, seed a 32-bit integer) and against the others (min_members_thinned <= members_kept's
     hi; the epistemic method's needs), so that no bad value reaches training.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
     feature_sets: tuple[str, ...] = DEFAULT_FEATURE_SETS
-    redshifts: tuple[float, ...] = DEFAULT_REDSHIFTS
+    members_kept: tuple[float, ...] = DEFAULT_MEMBERS_KEPT
     min_members_thinned: int = 5
     features: tuple[str, ...] = ()
     test_fraction: float = DEFAULT_TEST_FRACTION
@@ -84,19 +86,19 @@ class TrainSection:
     def __post_init__(self) -> None:
         for key in ("models", "feature_sets", "features", "hidden"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
-        object.__setattr__(self, "redshifts", tuple(self.redshifts))
+        object.__setattr__(self, "members_kept", tuple(self.members_kept))
         _check_names("models", self.models, KINDS, empty_ok=False)
         _check_names("feature_sets", self.feature_sets, tuple(FEATURE_SETS), empty_ok=False)
         if "full" not in self.feature_sets:
             raise ConfigError(f"expected 'full' among the feature sets, got {list(self.feature_sets)}",
                               key="feature_sets")
-        lo_hi = self.redshifts
+        lo_hi = self.members_kept
         if not (len(lo_hi) == 2 and all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c)
                                         for c in lo_hi) and 3.0 <= lo_hi[0] <= lo_hi[1] <= LIMITS["members"]):
             raise ConfigError(f"expected [lo, hi] members with 3 <= lo <= hi <= {LIMITS['members']}, got "
-                              f"{list(lo_hi)}", key="redshifts")
-        object.__setattr__(self, "redshifts", tuple(float(c) for c in lo_hi))
-        check_number("min_members_thinned", self.min_members_thinned, low=3, high=int(self.redshifts[1]),
+                              f"{list(lo_hi)}", key="members_kept")
+        object.__setattr__(self, "members_kept", tuple(float(c) for c in lo_hi))
+        check_number("min_members_thinned", self.min_members_thinned, low=3, high=int(self.members_kept[1]),
                      integer=True)
         _check_names("features", self.features, FEATURE_NAMES, empty_ok=True)
         check_number("test_fraction", self.test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)

@@ -66,11 +66,12 @@ def typicality_stats(x: np.ndarray) -> dict[str, Any]:
 
 def thinned_table(table: pd.DataFrame, members: Members, section: TrainSection, *, r_aperture: float
                   ) -> pd.DataFrame:
-    """``table`` with its features recomputed after random spectroscopic incompleteness: each observation keeps a
-    random subset of its members, of a size drawn log-uniformly from ``section.redshifts`` independently of the
-    host's mass (all members when it has fewer), seeded by ``section.seed``."""
+    """``table`` with its features recomputed after random spectroscopic incompleteness: each observation draws a
+    target count log-uniformly from ``section.members_kept``, independently of the host's mass, and keeps each of
+    its n members with probability target / n (all of them when n <= target; the kept count is binomial around the
+    target), seeded by ``section.seed``."""
     rng = np.random.default_rng(np.random.SeedSequence(section.seed, spawn_key=(0xC0,)))
-    lo, hi = section.redshifts
+    lo, hi = section.members_kept
     wanted = np.exp(rng.uniform(np.log(lo), np.log(hi), len(table)))
     completeness = np.minimum(1.0, wanted / np.maximum(np.diff(members.offsets), 1))
     feats = thinned_features(members, completeness, rng, r_aperture=r_aperture)
@@ -110,7 +111,7 @@ def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLi
             names = list(FEATURE_SETS[feature_set])
             rows = thinned_table(table, members, section, r_aperture=float(cylinder["r_aperture"]))
             min_members = section.min_members_thinned
-            completeness = {"redshifts_log_uniform": list(section.redshifts)}
+            completeness = {"members_kept_log_uniform": list(section.members_kept)}
         usable = np.isfinite(rows[names].to_numpy(np.float64)).all(axis=1) & (rows["n_members"] >= min_members)
         tr = ~test & usable
         x = rows.loc[tr, names].to_numpy(np.float64)

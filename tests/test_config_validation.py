@@ -61,7 +61,7 @@ BAD_VALUES = [
     ("train", "models", ["svm"], "expected one or more distinct names from ['mdn', 'flow', 'mse'], got unknown"),
     ("train", "models", ["flow", "flow"], "got repeated ['flow']"),
     ("train", "feature_sets", ["dynamics"], "expected 'full' among the feature sets"),
-    ("train", "redshifts", [5, INF], "expected [lo, hi] members with 3 <= lo <= hi <= 100000, got [5.0, inf]"),
+    ("train", "members_kept", [5, INF], "expected [lo, hi] members with 3 <= lo <= hi <= 100000, got [5.0, inf]"),
     ("train", "min_members_thinned", 200, "expected an integer in [3, 150], got 200"),
     ("train", "features", ["sigma_v"], "expected distinct names from ["),
     ("train", "test_fraction", 1.0, "expected a number in (0, 1), got 1.0"),
