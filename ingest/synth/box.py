@@ -400,19 +400,58 @@ def subhalo_min_mass(config: SynthConfig) -> float:
     return max(floor, 10.0**reach)
 
 
-def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = None) -> Cell:
-    """Generate cell ``index`` (0 <= index < :func:`cell_count`) of the box; pure function of (config, index)."""
-    tables = build_tables(config) if tables is None else tables
-    n_side = tables.cells_per_side
-    if not (isinstance(index, int | np.integer) and 0 <= index < n_side**3):
-        raise ConfigError(f"synth: cell index {index!r} outside [0, {n_side**3})")
-    index = int(index)
-    rng = cell_rng(config.seed, index)
-    cosmo, z, conv = config.cosmology, config.redshift, tables.conversion
-    side = float(config.box_size) / n_side
-    origin = np.array(np.unravel_index(index, (n_side, n_side, n_side)), dtype=np.float64) * side
+class _Distinct(NamedTuple):
+    """The distinct haloes of one cell (arrays of length n; masses Msun/h, lengths comoving Mpc/h, km/s)."""
 
-    # ---- distinct haloes ------------------------------------------------------------------------------
+    m200c: np.ndarray
+    pos: np.ndarray  # (n, 3), not yet wrapped into the box
+    vel: np.ndarray  # (n, 3) bulk velocities
+    conc: np.ndarray  # c200c
+    sigma: np.ndarray  # 1-D dark-matter dispersion (with scatter and merger boost)
+    boost: np.ndarray  # the merger boost drawn per host, dex
+    r200c: np.ndarray
+    mvir: np.ndarray
+    mpeak: np.ndarray
+    vmax: np.ndarray
+    phys: dict[str, np.ndarray]  # the per-host galaxy-halo connection (galaxy_physics)
+
+    @property
+    def n(self) -> int:
+        return len(self.m200c)
+
+
+class _Satellites(NamedTuple):
+    """The subhaloes of one cell, one satellite galaxy each (arrays of length ns, units as :class:`_Distinct`)."""
+
+    host: np.ndarray  # index of the host in the cell's distinct haloes
+    m200c_peak: np.ndarray
+    dist: np.ndarray  # distance to the host's centre
+    pos: np.ndarray  # (ns, 3), not yet wrapped
+    vel: np.ndarray  # (ns, 3)
+    conc: np.ndarray  # c200c of the peak profile
+    kept: np.ndarray  # the retained fraction of the peak mass after stripping
+    mpeak: np.ndarray
+    mvir: np.ndarray
+    m200c: np.ndarray
+    vmp: np.ndarray  # vmax at peak
+    vmax: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.host)
+
+
+def _cell_origin(index: int, n_side: int, side: float) -> np.ndarray:
+    """The lower corner of cell ``index``, comoving Mpc/h."""
+    return np.array(np.unravel_index(index, (n_side, n_side, n_side)), dtype=np.float64) * side
+
+
+def _distinct_haloes(
+    config: SynthConfig, tables: SynthTables, index: int, rng: np.random.Generator, origin: np.ndarray, side: float
+) -> _Distinct:
+    """Draw the cell's distinct haloes: masses, positions, velocities, concentrations, dispersions, their per-host
+    galaxy physics (from the cell's physics stream), the infall relocation, and the other mass definitions."""
+    cosmo, z, conv = config.cosmology, config.redshift, tables.conversion
     m200c = tables.mass_function.sample(rng, side**3)
     n = len(m200c)
     if tables.clustering is None:
@@ -434,68 +473,83 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
     mvir = conv.mass(m200c, conc, "vir")
     mpeak = mvir * 10.0 ** rng.exponential(MPEAK_EXCESS_DEX, n)
     vmax = VMAX_FACTOR * v200 * np.sqrt(conc / nfw_mu(conc))
+    return _Distinct(m200c, pos, vel, conc, sigma, boost, r200c, mvir, mpeak, vmax, phys)
 
-    # ---- satellites and their subhaloes ---------------------------------------------------------------
+
+def _satellites(
+    config: SynthConfig, tables: SynthTables, index: int, rng: np.random.Generator, d: _Distinct
+) -> _Satellites:
+    """Draw the subhaloes of the distinct haloes ``d``: their number and peak masses (subhalo function or HOD),
+    NFW radii inside the host's Rvir, velocities, concentrations and stripping."""
+    cosmo, z, conv = config.cosmology, config.redshift, tables.conversion
     if config.hod is None:
-        host, sub_m200c_peak = sample_subhalos(rng, m200c, subhalo_min_mass(config), config.subhalo_norm,
-                                               phys["satellite_abundance"])
+        host, m200c_peak = sample_subhalos(rng, d.m200c, subhalo_min_mass(config), config.subhalo_norm,
+                                           d.phys["satellite_abundance"])
     else:
-        host = np.repeat(np.arange(n), rng.poisson(config.hod.mean_nsat(m200c) * phys["satellite_abundance"]))
-        sub_m200c_peak = sample_peak_masses(
-            rng, m200c[host], 10.0**config.log10_msub_min, config.subhalo_slope, config.subhalo_max_fraction
+        host = np.repeat(np.arange(d.n), rng.poisson(config.hod.mean_nsat(d.m200c) * d.phys["satellite_abundance"]))
+        m200c_peak = sample_peak_masses(
+            rng, d.m200c[host], 10.0**config.log10_msub_min, config.subhalo_slope, config.subhalo_max_fraction
         )
     ns = len(host)
-    if n + ns >= ID_STRIDE:
-        raise ConfigError(f"synth: cell {index} holds {n + ns} haloes, more than ids allow; use more cells")
-    rvir = radius_from_mass(mvir, conv.deltas["vir"], cosmo, z)
-    c_vir = conc * rvir / r200c  # the NFW profile continued to Rvir: r_s = R200c / c200c = Rvir / c_vir
+    if d.n + ns >= ID_STRIDE:
+        raise ConfigError(f"synth: cell {index} holds {d.n + ns} haloes, more than ids allow; use more cells")
+    rvir = radius_from_mass(d.mvir, conv.deltas["vir"], cosmo, z)
+    c_vir = d.conc * rvir / d.r200c  # the NFW profile continued to Rvir: r_s = R200c / c200c = Rvir / c_vir
     # satellites trace an NFW profile of concentration c_sat = ratio x c_DM (scale radius r_s / ratio)
-    dist = sample_radius(rng, c_vir[host] * phys["satellite_concentration"][host]) * rvir[host]
-    x_sat = dist / r200c[host]
-    sat_pos = pos[host] + dist[:, None] * isotropic_unit_vectors(rng, ns)
-    sat_vel = sample_satellite_velocities(rng, vel[host], sigma[host], phys["velocity_bias"][host])
-    sub_conc = sample_concentration(rng, sub_m200c_peak, z, config.concentration_scatter_dex)
+    dist = sample_radius(rng, c_vir[host] * d.phys["satellite_concentration"][host]) * rvir[host]
+    x_sat = dist / d.r200c[host]
+    pos = d.pos[host] + dist[:, None] * isotropic_unit_vectors(rng, ns)
+    vel = sample_satellite_velocities(rng, d.vel[host], d.sigma[host], d.phys["velocity_bias"][host])
+    conc = sample_concentration(rng, m200c_peak, z, config.concentration_scatter_dex)
     kept = sample_stripping(rng, x_sat)
-    sub_mpeak = conv.mass(sub_m200c_peak, sub_conc, "vir")
-    sub_mvir = kept * sub_mpeak
-    sub_m200c = kept * sub_m200c_peak
-    sub_vmp = vmax_nfw(sub_m200c_peak, sub_conc, cosmo, z)
-    sub_vmax = stripped_vmax(sub_vmp, kept)
+    mpeak = conv.mass(m200c_peak, conc, "vir")
+    vmp = vmax_nfw(m200c_peak, conc, cosmo, z)
+    return _Satellites(host, m200c_peak, dist, pos, vel, conc, kept, mpeak, kept * mpeak, kept * m200c_peak, vmp,
+                       stripped_vmax(vmp, kept))
 
+
+def _halo_ids(index: int, d: _Distinct, s: _Satellites) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of the distinct haloes then subhaloes (``index * ID_STRIDE + 1, 2, ...``) and the ``upid`` of each
+    (-1 for distinct haloes, the host's id for subhaloes)."""
     base = index * ID_STRIDE + 1
-    halo_id = base + np.arange(n, dtype=np.int64)
-    sub_id = base + n + np.arange(ns, dtype=np.int64)
-    host_id = halo_id[host]
+    halo_id = base + np.arange(d.n + s.n, dtype=np.int64)
+    upid = np.concatenate((np.full(d.n, -1, dtype=np.int64), halo_id[s.host]))
+    return halo_id, upid
 
-    all_m200c = np.concatenate((m200c, sub_m200c))
-    all_conc = np.concatenate((conc, sub_conc))
-    all_mvir = np.concatenate((mvir, sub_mvir))
-    all_pos = wrap_positions(np.concatenate((pos, sat_pos)), config.box_size)
-    all_vel = np.concatenate((vel, sat_vel))
-    upid = np.concatenate((np.full(n, -1, dtype=np.int64), host_id))
-    halos = _columns(
+
+def _halo_columns(
+    config: SynthConfig, tables: SynthTables, d: _Distinct, s: _Satellites, halo_id: np.ndarray, upid: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The :data:`ingest.schema.HALOS` columns of the distinct haloes then subhaloes (positions wrapped)."""
+    cosmo, z, conv = config.cosmology, config.redshift, tables.conversion
+    n_all = d.n + s.n
+    all_conc = np.concatenate((d.conc, s.conc))
+    all_mvir = np.concatenate((d.mvir, s.mvir))
+    all_pos = wrap_positions(np.concatenate((d.pos, s.pos)), config.box_size)
+    all_vel = np.concatenate((d.vel, s.vel))
+    return _columns(
         HALOS,
         {
-            "halo_id": np.concatenate((halo_id, sub_id)),
+            "halo_id": halo_id,
             "pid": upid,
             "upid": upid,
-            "desc_id": np.full(n + ns, -1, dtype=np.int64),
-            "scale": np.full(n + ns, config.scale_factor),
+            "desc_id": np.full(n_all, -1, dtype=np.int64),
+            "scale": np.full(n_all, config.scale_factor),
             "mvir": all_mvir,
-            "m200c": all_m200c,
+            "m200c": np.concatenate((d.m200c, s.m200c)),
             # subhaloes: the NFW ratios of their peak profile, scaled by the retained fraction
             "m200b": np.concatenate(
-                (conv.mass(m200c, conc, "200b"), kept * conv.mass(sub_m200c_peak, sub_conc, "200b"))
+                (conv.mass(d.m200c, d.conc, "200b"), s.kept * conv.mass(s.m200c_peak, s.conc, "200b"))
             ),
             "m500c": np.concatenate(
-                (conv.mass(m200c, conc, "500c"), kept * conv.mass(sub_m200c_peak, sub_conc, "500c"))
+                (conv.mass(d.m200c, d.conc, "500c"), s.kept * conv.mass(s.m200c_peak, s.conc, "500c"))
             ),
-            "mpeak": np.concatenate((mpeak, sub_mpeak)),
+            "mpeak": np.concatenate((d.mpeak, s.mpeak)),
             "rvir": radius_from_mass(all_mvir, conv.deltas["vir"], cosmo, z),
             # r_s of the (peak) NFW profile: R200c / c200c, comoving Mpc/h
-            "rs": np.concatenate((r200c, radius_from_mass(sub_m200c_peak, 200.0, cosmo, z))) / all_conc,
-            "vmax": np.concatenate((vmax, sub_vmax)),
-            "vrms": np.sqrt(3.0) * np.concatenate((sigma, evrard08_sigma_dm(sub_m200c, cosmo, z))),
+            "rs": np.concatenate((d.r200c, radius_from_mass(s.m200c_peak, 200.0, cosmo, z))) / all_conc,
+            "vmax": np.concatenate((d.vmax, s.vmax)),
+            "vrms": np.sqrt(3.0) * np.concatenate((d.sigma, evrard08_sigma_dm(s.m200c, cosmo, z))),
             "x": all_pos[:, 0],
             "y": all_pos[:, 1],
             "z": all_pos[:, 2],
@@ -505,32 +559,37 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
         },
     )
 
-    # ---- galaxies -------------------------------------------------------------------------------------
-    h = cosmo.h
+
+def _galaxy_columns(
+    config: SynthConfig, rng: np.random.Generator, d: _Distinct, s: _Satellites, halos: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Draw one galaxy per halo (centrals, then satellites), keep those above the stellar-mass cut, and return their
+    :data:`ingest.schema.GALAXIES` columns (positions, velocities and halo properties from ``halos``)."""
+    cosmo, z, n = config.cosmology, config.redshift, d.n
     sm = np.concatenate((
-        sample_stellar_mass(rng, m200c, h, z, phys["smhm_scatter_dex"], config.smhm),
-        sample_stellar_mass(rng, sub_m200c_peak, h, z, phys["smhm_scatter_dex"][host], config.smhm),
+        sample_stellar_mass(rng, d.m200c, cosmo.h, z, d.phys["smhm_scatter_dex"], config.smhm),
+        sample_stellar_mass(rng, s.m200c_peak, cosmo.h, z, d.phys["smhm_scatter_dex"][s.host], config.smhm),
     ))
     obs_sm = observe_stellar_mass(rng, sm, config.obs_sm_scatter_dex)
     if config.min_log10_mstar is None:
-        keep = np.arange(n + ns)
+        keep = np.arange(n + s.n)
     else:
         keep = np.flatnonzero(obs_sm >= 10.0**config.min_log10_mstar)
     is_sat = keep >= n
-    host_m200c = np.concatenate((m200c, m200c[host]))[keep]
-    vmp = np.concatenate((vmax * (mpeak / mvir) ** (1.0 / 3.0), sub_vmp))[keep]
+    host_m200c = np.concatenate((d.m200c, d.m200c[s.host]))[keep]
+    vmp = np.concatenate((d.vmax * (d.mpeak / d.mvir) ** (1.0 / 3.0), s.vmp))[keep]
     sm, obs_sm = sm[keep], obs_sm[keep]
     sf, quenched = sample_star_formation_state(rng, sm, is_sat, host_m200c, cosmo, z)
     # drawn after everything else, so adding photometry changed nothing else in the box
     phot = sample_photometry(rng, sm, quenched)
-    galaxies = _columns(
+    return _columns(
         GALAXIES,
         {
             "galaxy_id": halos["halo_id"][keep],
             "desc_id": np.full(len(keep), -1, dtype=np.int64),
-            "upid": upid[keep],
+            "upid": halos["upid"][keep],
             "flags": np.zeros(len(keep), dtype=np.int32),
-            "uparent_dist": np.concatenate((np.zeros(n), dist))[keep],
+            "uparent_dist": np.concatenate((np.zeros(n), s.dist))[keep],
             "x": halos["x"][keep],
             "y": halos["y"][keep],
             "z": halos["z"][keep],
@@ -550,15 +609,38 @@ def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = 
             **phot,
         },
     )
-    # ---- the per-host record (hosts with at least one subhalo) ----------------------------------------------
-    n_sub = np.bincount(host, minlength=n)
+
+
+def _host_columns(d: _Distinct, s: _Satellites, halo_id: np.ndarray) -> dict[str, np.ndarray]:
+    """The :data:`.galaxy_physics.HOST_PHYSICS` record of the distinct haloes with at least one subhalo."""
+    n_sub = np.bincount(s.host, minlength=d.n)
     hosting = np.flatnonzero(n_sub > 0)
-    hosts = _columns(
+    return _columns(
         HOST_PHYSICS,
-        {"halo_id": halo_id[hosting], "m200c": m200c[hosting], "n_subhalos": n_sub[hosting],
-         **{k: v[hosting] for k, v in phys.items()}, "merger_boost_dex": boost[hosting]},
+        {"halo_id": halo_id[hosting], "m200c": d.m200c[hosting], "n_subhalos": n_sub[hosting],
+         **{k: v[hosting] for k, v in d.phys.items()}, "merger_boost_dex": d.boost[hosting]},
     )
-    return Cell(index, halos, galaxies, hosts)
+
+
+def generate_cell(config: SynthConfig, index: int, tables: SynthTables | None = None) -> Cell:
+    """Generate cell ``index`` (0 <= index < :func:`cell_count`) of the box; pure function of (config, index).
+
+    The steps draw from the cell's stream in a fixed order (distinct haloes, satellites, galaxies), which is what
+    makes a cell reproducible: a new draw goes after the existing ones.
+    """
+    tables = build_tables(config) if tables is None else tables
+    n_side = tables.cells_per_side
+    if not (isinstance(index, int | np.integer) and 0 <= index < n_side**3):
+        raise ConfigError(f"synth: cell index {index!r} outside [0, {n_side**3})")
+    index = int(index)
+    rng = cell_rng(config.seed, index)
+    side = float(config.box_size) / n_side
+    distinct = _distinct_haloes(config, tables, index, rng, _cell_origin(index, n_side, side), side)
+    satellites = _satellites(config, tables, index, rng, distinct)
+    halo_id, upid = _halo_ids(index, distinct, satellites)
+    halos = _halo_columns(config, tables, distinct, satellites, halo_id, upid)
+    galaxies = _galaxy_columns(config, rng, distinct, satellites, halos)
+    return Cell(index, halos, galaxies, _host_columns(distinct, satellites, halo_id))
 
 
 def generate_cells(config: SynthConfig, indices: Iterable[int] | None = None) -> Iterator[Cell]:
