@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import machine, measure
 
 from features.cylinder import wrap
-from features.observe import ObservationConfig, make_observations, select_hosts
+from features.observe import ObservationSpec, make_observations, select_hosts
 from ingest.catalog import read_galaxies, read_halos
 
 
@@ -49,7 +49,7 @@ def reference_features(r: np.ndarray, v: np.ndarray, m: np.ndarray, r_ap: float)
             biweight_scale(v[inner], c=9.0) if inner.any() else np.nan, inner.mean()]
 
 
-def reference(halos, galaxies, config: ObservationConfig, n_hosts: int, seed: int = 0) -> dict:
+def reference(halos, galaxies, config: ObservationSpec, n_hosts: int, seed: int = 0) -> dict:
     spec = config.cylinder
     snap = halos.snapshot
     L, H = snap.box_size, snap.hubble_per_comoving()
@@ -92,7 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     halos = read_halos(args.box / "halos.h5", validate=False)
     galaxies = read_galaxies(args.box / "galaxies.h5", validate=False)
-    config = ObservationConfig()
+    config = ObservationSpec()
     with measure() as m:
         obs = make_observations(halos, galaxies, config, num_workers=args.workers)
     n_total = len(obs.table) + obs.dropped["total"]

@@ -1,7 +1,7 @@
 """The features stage's configuration section ``[observe]``: what a mock observation is and how it is computed.
 
 Every default comes from the specs it configures: :class:`features.cylinder.CylinderSpec` (the cylinder, after
-Ho et al. 2019), :class:`features.cylinder.LineOfSightSpec` and :class:`features.cylinder.ObservationConfig`.
+Ho et al. 2019), :class:`features.cylinder.LineOfSightSpec` and :class:`features.cylinder.ObservationSpec`.
 Every key is checked on its own when the section is built (:meth:`ObserveSection.__post_init__`), and against the
 box once the snapshot is known (:func:`check_geometry`: at load when the configuration gives the box, else when
 the catalogs are opened), so that no bad value reaches the streaming pass.
@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from features.cylinder import CylinderSpec, LineOfSightSpec, ObservationConfig
+from features.cylinder import CylinderSpec, LineOfSightSpec, ObservationSpec
 from pipeline.config import check_number, default
 from pipeline.errors import ConfigError
 from pipeline.snapshot import Snapshot
@@ -53,7 +53,7 @@ class ObserveSection:
     extra_directions: int = default(LineOfSightSpec, "extra_directions")
     extra_log10_m200c_min: float = default(LineOfSightSpec, "extra_log10_m200c_min")
     los_seed: int = default(LineOfSightSpec, "seed")
-    regions_per_side: int = default(ObservationConfig, "regions_per_side")
+    regions_per_side: int = default(ObservationSpec, "regions_per_side")
     workers: int = 2
 
     def __post_init__(self) -> None:
@@ -75,9 +75,9 @@ class ObserveSection:
         check_number("workers", self.workers, low=1, high=MAX_WORKERS, integer=True)
         self.observation_config()  # the cylinder's and lines of sight's own checks, before anything runs
 
-    def observation_config(self) -> ObservationConfig:
-        """The :class:`ObservationConfig` this section describes."""
-        return ObservationConfig(
+    def observation_config(self) -> ObservationSpec:
+        """The :class:`ObservationSpec` this section describes."""
+        return ObservationSpec(
             cylinder=CylinderSpec(r_aperture=self.r_aperture, v_cut=self.v_cut, min_members=self.min_members,
                                   log10_mstar_min=self.log10_mstar_min,
                                   host_log10_m200c_min=self.host_log10_m200c_min, r_limit=self.r_limit),
@@ -97,7 +97,7 @@ class ObserveSection:
         return {k: v for k, v in asdict(self).items() if k not in SPEED_ONLY}
 
 
-def check_geometry(config: ObservationConfig, snapshot: Snapshot) -> None:
+def check_geometry(config: ObservationSpec, snapshot: Snapshot) -> None:
     """Refuse mock observations that do not fit the periodic box of ``snapshot``, naming the ``[observe]`` key.
 
     The cylinder must not wrap onto itself: its redshift-space depth 2 v_cut / (a H / h) [Mpc/h] (``v_cut``) and

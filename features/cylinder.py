@@ -106,9 +106,15 @@ class LineOfSightSpec:
 
 
 @dataclass(frozen=True)
-class ObservationConfig:
-    """Everything that defines the mock observations (units as in :class:`CylinderSpec`); ``regions_per_side``:
-    columns per box side per line of sight of the region decomposition (:mod:`features.observe`)."""
+class ObservationSpec:
+    """The specification of a set of mock observations: the cylinder, the lines of sight, and ``regions_per_side``
+    (columns per box side per line of sight of the region decomposition, :mod:`features.observe`); units as in
+    :class:`CylinderSpec`.
+
+    A spec like :class:`CylinderSpec` and :class:`LineOfSightSpec`, not a configuration section: the ``[observe]``
+    section is :class:`features.config.ObserveSection`, which builds one (``observation_config()``). It lives here, beside
+    the specs it bundles, because both :mod:`features.config` and :mod:`features.observe` need it and
+    :mod:`features.observe` imports :mod:`features.config`."""
 
     cylinder: CylinderSpec = field(default_factory=CylinderSpec)
     los: LineOfSightSpec = field(default_factory=LineOfSightSpec)

@@ -29,7 +29,7 @@ from scipy.spatial import cKDTree
 from features.config import check_geometry
 from features.cylinder import (
     CylinderSpec,
-    ObservationConfig,
+    ObservationSpec,
     redshift_space,
     search_axis,
     search_direction,
@@ -46,8 +46,8 @@ AXIS_RECORD = np.dtype([("galaxy_id", "<i8"), ("upid", "<i8"), ("u", "<f4"), ("v
                         ("log10_mstar", "<f4")])
 DIRECTION_RECORD = np.dtype([("galaxy_id", "<i8"), ("upid", "<i8"), ("s", "<f4", (3,)), ("log10_mstar", "<f4")])
 
-#: the mock observations of Ho et al. (2019) (every default of :class:`ObservationConfig`)
-DEFAULT_CONFIG = ObservationConfig()
+#: the mock observations of Ho et al. (2019) (every default of :class:`ObservationSpec`)
+DEFAULT_SPEC = ObservationSpec()
 HOST_COLUMNS = ("halo_id", "upid", "m200c", "mvir", "x", "y", "z", "vx", "vy", "vz")
 GALAXY_COLUMNS = ("galaxy_id", "upid", "x", "y", "z", "vx", "vy", "vz", "obs_sm")
 
@@ -60,7 +60,7 @@ class Observations:
     members: Members
     dropped: dict[str, int]
     n_hosts: int
-    config: ObservationConfig
+    config: ObservationSpec
     snapshot: Snapshot
 
 
@@ -101,7 +101,7 @@ class ObservationPlan:
     """The hosts, the geometry and the region jobs of one set of mock observations; buckets in ``directory``."""
 
     hosts: pd.DataFrame
-    config: ObservationConfig
+    config: ObservationSpec
     snapshot: Snapshot
     jobs: tuple[RegionJob, ...]
     directory: Path
@@ -118,7 +118,7 @@ class ObservationPlan:
         return self.hosts[logm >= self.config.los.extra_log10_m200c_min]
 
 
-def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationConfig, directory: str | Path
+def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationSpec, directory: str | Path
                       ) -> ObservationPlan:
     """Select the hosts and stream the galaxy catalog once into bucket files under ``directory``.
 
@@ -227,7 +227,7 @@ def remove_buckets(directory: str | Path) -> None:
 def make_observations(
     halos: Catalog,
     galaxies: Catalog,
-    config: ObservationConfig = DEFAULT_CONFIG,
+    config: ObservationSpec = DEFAULT_SPEC,
     *,
     scratch: str | Path | None = None,
     scheduler: str = "threads",

@@ -137,7 +137,7 @@ def test_release_and_remove_partials_are_the_command_lines_safety_net(tmp_path):
 
 
 def fake_observations(n: int = 40, members_per: int = 30):
-    from features.cylinder import ObservationConfig
+    from features.cylinder import ObservationSpec
     from features.members import Members
     from features.observe import Observations
     from pipeline.cosmology import MDPL2
@@ -150,7 +150,7 @@ def fake_observations(n: int = 40, members_per: int = 30):
                       rng.random(m, dtype=np.float32) + 10, np.arange(m, dtype=np.int64), rng.random(m) < 0.5)
     table = pd.DataFrame({"cluster_id": np.arange(n, dtype=np.int64), "los": np.zeros(n, dtype=np.int16),
                           "n_members": np.full(n, members_per)})
-    return Observations(table, members, {"total": 0}, n, ObservationConfig(), Snapshot(100.0, 0.8951, MDPL2))
+    return Observations(table, members, {"total": 0}, n, ObservationSpec(), Snapshot(100.0, 0.8951, MDPL2))
 
 
 @pytest.mark.parametrize("where", ["parquet part 0", "parquet part 2", "members dataset 1", "members dataset 5",

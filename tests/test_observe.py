@@ -9,7 +9,7 @@ import pytest
 from features.cylinder import CylinderSpec, LineOfSightSpec, wrap
 from features.definitions import FEATURE_NAMES, compute_features
 from features.io import read_members, read_observations, write_observations
-from features.observe import ObservationConfig, make_observations, select_hosts
+from features.observe import ObservationSpec, make_observations, select_hosts
 from ingest.catalog import read_galaxies, read_halos
 from ingest.synth.box import SynthConfig
 from ingest.synth.synthesize import synthesize
@@ -29,7 +29,7 @@ def box(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def observed(box):
-    return make_observations(*box, ObservationConfig(los=LOS, regions_per_side=3))
+    return make_observations(*box, ObservationSpec(los=LOS, regions_per_side=3))
 
 
 def _brute(halos, galaxies, spec: CylinderSpec, los: LineOfSightSpec):
@@ -97,7 +97,7 @@ def test_features_are_those_of_the_members(observed):
 
 @pytest.mark.parametrize("regions", [1, 2, 5])
 def test_regions_do_not_change_the_result(box, observed, regions):
-    other = make_observations(*box, ObservationConfig(los=LOS, regions_per_side=regions), num_workers=1)
+    other = make_observations(*box, ObservationSpec(los=LOS, regions_per_side=regions), num_workers=1)
     pd.testing.assert_frame_equal(other.table, observed.table)
     np.testing.assert_array_equal(other.members.galaxy_id, observed.members.galaxy_id)
     assert other.dropped == observed.dropped
@@ -126,9 +126,9 @@ def test_write_and_read_back(tmp_path, observed):
 
 def test_empty_selection_is_an_error(box):
     with pytest.raises(InputError, match=r"empty selection: no distinct halo .* M200c >= 10\^16"):
-        make_observations(*box, ObservationConfig(cylinder=CylinderSpec(host_log10_m200c_min=16.0)))
+        make_observations(*box, ObservationSpec(cylinder=CylinderSpec(host_log10_m200c_min=16.0)))
     with pytest.raises(ClusterMassError, match=r"empty selection: all .* fewer than 100000 members"):
-        make_observations(*box, ObservationConfig(cylinder=CylinderSpec(min_members=100000)))
+        make_observations(*box, ObservationSpec(cylinder=CylinderSpec(min_members=100000)))
 
 
 def test_cylinder_deeper_than_half_the_box(tmp_path):
@@ -157,7 +157,7 @@ def test_plan_region_jobs_and_combine_reproduce_make_observations(tmp_path, box,
     from features.io import load_plan, read_region, save_plan, write_region
     from features.observe import combine_observations, observe_region, plan_observations, remove_buckets
 
-    plan = plan_observations(*box, ObservationConfig(los=LOS, regions_per_side=3), tmp_path / "plan")
+    plan = plan_observations(*box, ObservationSpec(los=LOS, regions_per_side=3), tmp_path / "plan")
     save_plan(plan)
     reloaded = load_plan(tmp_path / "plan")
     assert reloaded.jobs == plan.jobs and sorted({j.los for j in plan.jobs}) == [0, 1, 2, 3, 4]
@@ -182,7 +182,7 @@ def test_a_magnitude_limited_survey_observes_only_galaxies_brighter_than_the_lim
 
     halos, galaxies = box
     snap = galaxies.snapshot
-    limited = make_observations(halos, galaxies, ObservationConfig(cylinder=CylinderSpec(r_limit=17.77),
+    limited = make_observations(halos, galaxies, ObservationSpec(cylinder=CylinderSpec(r_limit=17.77),
                                                                    los=LOS, regions_per_side=3))
     limit = absolute_limit(17.77, snap.redshift, snap.cosmology)
     assert distance_modulus(snap.redshift, snap.cosmology) == pytest.approx(
