@@ -7,12 +7,14 @@ Parameters are paths, configuration dictionaries and the content digests of the 
 ``cache_policy = INPUTS + TASK_SOURCE`` re-runs a task exactly when what it reads, how it is configured, or its code
 changes. Paths inside the run directory are passed, and returned, relative to it (:func:`flows.keys.relative`);
 the run directory itself (``run_dir``) and parameters that change only speed or verbosity (``workers``,
-``quiet``) are left out of the key, so a copied or moved run directory keeps its cache. I/O-bound stages retry with
-exponential backoff; compute stages fail fast.
+``quiet``) are left out of the key, so a copied or moved run directory keeps its cache. I/O-bound stages retry an
+I/O hiccup (:func:`retryable`) with exponential backoff; anything else, and every failure of a compute stage, is
+final at once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -25,7 +27,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 
 from flows.keys import StageResult, StageResultSerializer, at, content_digest, relative, sha256_file, stamp
-from pipeline.errors import ClusterMassError
+from pipeline.errors import ClusterMassError, no_space
 from pipeline.files import write_json
 from pipeline.progress import Progress
 from pipeline.provenance import digest_json
@@ -35,10 +37,30 @@ SERIALIZER = StageResultSerializer()  # results are JSON data: nothing in a run 
 STAGE: dict[str, Any] = {"cache_policy": CACHED, "persist_result": True, "result_serializer": SERIALIZER}
 
 
+#: errnos of an OSError that waiting cannot fix: the path itself is wrong (missing, forbidden, read-only, ...)
+_PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
+                          errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def retryable(exc: BaseException | None) -> bool:
+    """Whether a stage that failed with ``exc`` may succeed when run again: an I/O hiccup only.
+
+    Retried: an :class:`OSError` (EIO, a stale NFS handle, a busy device, an HDF5 read error without an errno), a
+    timeout (:class:`TimeoutError`) or a lost connection (:class:`ConnectionError`). Final: bad input or
+    configuration (:class:`~pipeline.errors.ClusterMassError`), a full disk or exceeded quota (ENOSPC, EDQUOT,
+    :func:`~pipeline.errors.no_space`), a path that is wrong (:data:`_PATH_ERRNOS`), and everything else — a
+    ValueError, KeyError, TypeError or MemoryError is a bug or a machine too small, and fails at once.
+    """
+    if isinstance(exc, ClusterMassError) or not isinstance(exc, OSError):
+        return False
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    return not no_space(exc) and exc.errno not in _PATH_ERRNOS
+
+
 def transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O failures (a file system hiccup, a busy node), not bad input: a ClusterMassError is final."""
-    exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, ClusterMassError)
+    """Prefect's retry condition of the I/O-bound stages: :func:`retryable` of the exception the run failed with."""
+    return retryable(state.result(raise_on_failure=False))
 
 
 IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import errno
 import json
 import os
 import pickle
@@ -25,6 +26,7 @@ import pytest
 from catalogs.io import read_catalog
 from flows.keys import check_record
 from flows.mass_catalog import RESULTS_DIR, STAGES, run
+from pipeline.errors import ConfigError, InputError, OutputError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -189,9 +191,50 @@ def test_bad_input_inside_the_flow_is_one_error_line_and_not_retried(tmp_path):
     assert not (tmp_path / "run" / "catalog.h5").exists()
 
 
-def test_retries_are_for_transient_failures_only():
+def _raised_from(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+RETRIED = [OSError(errno.EIO, "Input/output error"), OSError(errno.ESTALE, "Stale file handle"),
+           OSError(errno.EAGAIN, "Resource temporarily unavailable"), OSError(errno.EBUSY, "Device or resource busy"),
+           OSError("Unable to synchronously read data (file read failed)"),  # h5py: no errno
+           BlockingIOError(errno.EAGAIN, "would block"), InterruptedError(errno.EINTR, "interrupted"),
+           TimeoutError("timed out"), ConnectionError("lost"), ConnectionResetError(errno.ECONNRESET, "reset"),
+           ConnectionRefusedError(errno.ECONNREFUSED, "refused"), BrokenPipeError(errno.EPIPE, "broken pipe")]
+FINAL = [ValueError("x"), KeyError("x"), TypeError("x"), ZeroDivisionError("x"), IndexError("x"),
+         AttributeError("x"), AssertionError("x"), RuntimeError("x"), NotImplementedError("x"), MemoryError(),
+         RecursionError("x"), ImportError("x"), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), StopIteration(),
+         KeyboardInterrupt(), SystemExit(1), None,
+         InputError("halos.h5", "bad row"), ConfigError("expected an integer", key="seed"),
+         OutputError("catalog.h5", "no space left on device"),
+         OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded"),
+         OSError("Can't write data (file write failed: errno = 28, error message = 'No space left on device')"),
+         RuntimeError("Can't flush: [Errno 28] No space left on device"),
+         _raised_from(OSError(errno.EIO, "flush failed"), OSError(errno.ENOSPC, "No space left on device")),
+         FileNotFoundError(errno.ENOENT, "No such file"), PermissionError(errno.EACCES, "Permission denied"),
+         PermissionError(errno.EPERM, "Operation not permitted"), FileExistsError(errno.EEXIST, "File exists"),
+         IsADirectoryError(errno.EISDIR, "Is a directory"), NotADirectoryError(errno.ENOTDIR, "Not a directory"),
+         OSError(errno.EROFS, "Read-only file system"), OSError(errno.ELOOP, "Too many levels of symbolic links"),
+         OSError(errno.ENAMETOOLONG, "File name too long")]
+
+
+@pytest.mark.parametrize("exc", RETRIED, ids=repr)
+def test_io_hiccups_are_retried(exc):
+    from flows.tasks import retryable
+
+    assert retryable(exc)
+
+
+@pytest.mark.parametrize("exc", FINAL, ids=repr)
+def test_bugs_bad_input_full_disks_and_wrong_paths_are_final(exc):
+    from flows.tasks import retryable
+
+    assert not retryable(exc)
+
+
+def test_the_io_stages_retry_through_the_predicate():
     from flows.tasks import IO_RETRIES, transient
-    from pipeline.errors import InputError
 
     class Failed:
         def __init__(self, exc):
@@ -201,8 +244,40 @@ def test_retries_are_for_transient_failures_only():
             return self.exc
 
     assert IO_RETRIES["retries"] == 2 and IO_RETRIES["retry_condition_fn"] is transient
-    assert transient(None, None, Failed(OSError(5, "Input/output error")))
-    assert not transient(None, None, Failed(InputError("halos.h5", "bad row")))
+    assert transient(None, None, Failed(OSError(errno.EIO, "Input/output error")))
+    assert not transient(None, None, Failed(ValueError("a bug")))
+
+
+def test_a_programming_error_in_a_stage_fails_at_once(monkeypatch):
+    """The real ingest task in a Prefect flow: a ValueError inside it runs once and is raised, where an EIO runs
+    three times (the configured retries; delays zeroed for the contrast)."""
+    from prefect import flow
+
+    import flows.tasks as tasks
+
+    calls: list[type] = []
+
+    def failing(exc: BaseException):
+        def open_catalogs(*args, **kwargs):
+            calls.append(type(exc))
+            raise exc
+        return open_catalogs
+
+    args = dict(run_dir="unused", halos="h.h5", galaxies="g.h5", halo_format=None, galaxy_format=None, snapshot=None,
+                cuts={}, code="test")
+    @flow(name="one-stage")
+    def one_stage(stage) -> None:
+        stage(inputs_digest=f"test-{time.time_ns()}", **args)  # a new digest: never served from a cache
+
+    monkeypatch.setattr(tasks, "_open_catalogs", failing(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        one_stage(tasks.ingest_catalogs)
+    assert calls == [ValueError]
+    calls.clear()
+    monkeypatch.setattr(tasks, "_open_catalogs", failing(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(OSError, match="Input/output error"):
+        one_stage(tasks.ingest_catalogs.with_options(retry_delay_seconds=0))
+    assert calls == [OSError] * 3
 
 
 def test_recompute_on_the_dask_runner_reruns_every_stage_to_the_same_catalogs(first_run, tmp_path):
