@@ -3,8 +3,10 @@
     .venv/bin/python bench/bench_run.py                 # into a fresh .cache/bench-run, default configuration
     .venv/bin/python bench/bench_run.py --config my.toml --out /scratch/run
 
-Runs the CLI as a user would (a fresh process, Prefect's temporary server included) twice into the same run
-directory, which is emptied first: the first run computes every stage, the second finds every stage cached.
+Runs the ``clustermass`` console script as a user would (``clustermass run``: the script installed beside this
+interpreter, e.g. ``.venv/bin/clustermass``, else the one on ``PATH``; a fresh process, Prefect's temporary server
+included) twice into the same run directory, which is emptied first: the first run computes every stage, the
+second finds every stage cached.
 Goals (issue 6, 2 cores): first run under 5 minutes, cached re-run under 30 s. Prints one JSON object: wall
 seconds and peak RSS (the process tree) of each run, and the per-stage states and seconds the flow recorded.
 """
@@ -12,18 +14,16 @@ seconds and peak RSS (the process tree) of each run, and the per-stage states an
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import measure
+from _measure import machine, measure
 
 
 def run_once(cmd: list[str], out: Path) -> dict:
@@ -37,21 +37,33 @@ def run_once(cmd: list[str], out: Path) -> dict:
             "flow_seconds": summary["total_seconds"]}
 
 
+def clustermass_command() -> str:
+    """The ``clustermass`` console script of this interpreter's environment (``.venv/bin/clustermass``), else the one
+    on ``PATH``."""
+    beside = Path(sys.executable).with_name("clustermass")
+    found = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("clustermass")
+    if found is None:
+        sys.exit(f"error: no clustermass command beside {sys.executable} or on PATH: install the project first "
+                 "(make install)")
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=None, help="TOML configuration (default: the embedded default)")
     ap.add_argument("--out", type=Path, default=Path(".cache/bench-run"), help="run directory (emptied first)")
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipeline", "run", "--out", str(args.out), "--quiet"]
+    cmd = [clustermass_command(), "run", "--out", str(args.out), "--quiet"]
     if args.config:
         cmd += ["--config", args.config]
     first = run_once(cmd, args.out)
     cached = run_once(cmd, args.out)
     metrics = json.loads((args.out / "validation" / "metrics.json").read_text())
     print(json.dumps({
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}",
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "command": cmd,
         "first_run": first,
         "cached_rerun": cached,
         "goals": {"first_run_under_300_s": first["wall_s"] < 300, "cached_rerun_under_30_s": cached["wall_s"] < 30},
