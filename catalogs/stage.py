@@ -17,11 +17,12 @@ import pandas as pd
 from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, feature_set_of
-from inference.diagnostics import edge_mass, flag_bits, ood_score
+from inference.diagnostics import edge_mass, flag_bits
 from inference.posterior import SUMMARY_COLUMNS, prepare, summary_columns
 from models.io import read_description
 from models.model import TARGET, TrainedModel
 from models.stage import load_models
+from models.typicality import ood_score
 from pipeline.errors import InputError
 from pipeline.provenance import code_version, model_digest, now
 from pipeline.snapshot import Snapshot

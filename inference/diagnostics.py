@@ -4,8 +4,9 @@ Pure functions on arrays (the catalogs, ``clustermass query`` and validation cal
 
 * ``ood_score`` — typicality of a row's features against the model's training set: the fraction of training
   observations whose squared Mahalanobis distance from the training mean (raw features, the training covariance)
-  is at least this row's, from a table of the training distances stored with the model
-  (:func:`models.stage.typicality_stats`). 1 is the centre of the training cloud; below :data:`OOD_LIMIT` the row
+  is at least this row's, from a table of the training distances stored with the model. Computed by
+  :func:`models.typicality.ood_score` (beside :func:`models.typicality.typicality_stats`, which the training stage
+  writes: ``models/`` is below this package). 1 is the centre of the training cloud; below :data:`OOD_LIMIT` the row
   is less typical than 999 in 1000 training observations: out of distribution.
 * ``edge_mass`` — the posterior probability within :data:`EDGE_WIDTH_DEX` (0.05 dex) of either end of the grid
   (the training range). Above :data:`EDGE_MASS_LIMIT` the posterior is cut by the grid: the mass may lie outside
@@ -26,32 +27,12 @@ bit    name                     set when
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 OOD_LIMIT = 1e-3
 EDGE_WIDTH_DEX = 0.05
 EDGE_MASS_LIMIT = 0.01
 FLAGS: dict[str, int] = {"OUT_OF_DISTRIBUTION": 1, "GRID_EDGE": 2, "FEW_MEMBERS": 4, "REDSHIFT": 8, "RICHNESS": 16}
-
-
-def mahalanobis2(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distance of rows ``x`` (N, F) from ``mean`` (F,) under ``precision`` (F, F)."""
-    d = np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64)
-    return np.einsum("ni,ij,nj->n", d, np.asarray(precision, dtype=np.float64), d)
-
-
-def ood_score(x: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """Typicality in [0, 1] of feature rows ``x`` (N, F) against the training statistics ``stats`` (``mean``,
-    ``precision``, ``d2_levels`` = cumulative fractions, ``d2_values`` = training distances at those fractions).
-    Rows with non-finite features get 0."""
-    d2 = mahalanobis2(x, stats["mean"], stats["precision"])
-    levels = np.asarray(stats["d2_levels"], dtype=np.float64)
-    values = np.asarray(stats["d2_values"], dtype=np.float64)
-    tail = 1.0 - np.interp(d2, values, levels, left=0.0, right=1.0)
-    return np.where(np.isfinite(d2), tail, 0.0)
 
 
 def edge_mass(grid: np.ndarray, pdf: np.ndarray, width: float = EDGE_WIDTH_DEX) -> np.ndarray:

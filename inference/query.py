@@ -17,7 +17,7 @@ import numpy as np
 from features.definitions import compute_features
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS, feature_set_of
 from features.sky import estimate_centre, project
-from inference.diagnostics import OOD_LIMIT, edge_mass, flag_bits, flag_names, ood_score
+from inference.diagnostics import OOD_LIMIT, edge_mass, flag_bits, flag_names
 from inference.member_table import PROJECTED, SKY, MemberFile, check_centre, load_members, open_members, unit_notes
 from inference.posterior import prepare, summary_columns
 from inference.priors import DEFAULT_PRIOR
@@ -25,6 +25,7 @@ from inference.selection import describe as describe_selection
 from inference.selection import require_magnitudes, select_members, uses_stellar_masses
 from models.io import MODEL_JSON, integrity_warning, load_model, read_description
 from models.model import TrainedModel
+from models.typicality import ood_score
 from pipeline.cosmology import Cosmology
 from pipeline.errors import ConfigError, InputError
 from pipeline.snapshot import Snapshot

@@ -26,6 +26,7 @@ from models.io import load_model, save_model
 from models.model import TARGET, TrainedModel, host_split, train_model
 from models.msigma import FEATURE as MSIGMA_FEATURE
 from models.msigma import PURE_FEATURE, MSigmaFit, fit_msigma
+from models.typicality import typicality_stats
 from pipeline.errors import ConfigError, InputError
 from pipeline.files import write_json
 from pipeline.scaling import FIT_RANGE
@@ -49,19 +50,6 @@ def model_dir_for(root: str | os.PathLike[str], feature_set: str, kind: str) -> 
     ``<root>/<feature_set>/<kind>`` for the others."""
     root = Path(root)
     return root / kind if feature_set == "full" else root / feature_set / kind
-
-
-def typicality_stats(x: np.ndarray) -> dict[str, Any]:
-    """What :func:`inference.diagnostics.ood_score` needs of the training features ``x`` (N, F, raw units): their
-    mean, the inverse covariance, and the squared Mahalanobis distances of the training rows at 0.5% steps
-    (plus the 99.9th and 99.99th percentiles)."""
-    mean = x.mean(axis=0)
-    precision = np.linalg.pinv(np.cov(x, rowvar=False))
-    d = x - mean
-    d2 = np.einsum("ni,ij,nj->n", d, precision, d)
-    levels = np.unique(np.concatenate((np.linspace(0.0, 1.0, 201), [0.999, 0.9999])))
-    return {"mean": mean.tolist(), "precision": precision.tolist(), "d2_levels": levels.tolist(),
-            "d2_values": np.quantile(d2, levels).tolist()}
 
 
 def thinned_table(table: pd.DataFrame, members: Members, section: TrainSection, *, r_aperture: float

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.diagnostics import EDGE_MASS_LIMIT, FLAGS, OOD_LIMIT, edge_mass, flag_bits, flag_names, ood_score
-from models.stage import typicality_stats
+from inference.diagnostics import EDGE_MASS_LIMIT, FLAGS, OOD_LIMIT, edge_mass, flag_bits, flag_names
+from models.typicality import ood_score, typicality_stats
 
 
 def test_ood_score_is_the_training_tail_probability_of_the_mahalanobis_distance():

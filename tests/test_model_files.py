@@ -29,7 +29,7 @@ from models.model import TrainedModel
 from models.networks import init_params
 from models.prior import TrainingPrior
 from models.spec import ModelSpec, Standardizer, TrainSpec
-from models.stage import typicality_stats
+from models.typicality import typicality_stats
 from pipeline.cosmology import MDPL2
 from pipeline.errors import InputError
 from pipeline.snapshot import Snapshot
