@@ -226,6 +226,14 @@ def test_training_prior_integrates_to_one_and_follows_the_labels():
     assert prior(np.array([10.0]))[0] == 0.0
 
 
+def test_training_prior_bandwidth_is_silvermans_normal_reference_rule():
+    # labels with a standard deviation of exactly 0.3 dex, n = 1000: h = 1.06 x 0.3 x 1000^(-1/5) = 0.07988 dex
+    # (scipy's "scott" factor would give 0.0754, the robust 0.9 min(sigma, IQR / 1.34) rule 0.0678)
+    y = 14.0 + np.tile([-0.3, 0.3], 500)
+    assert TrainingPrior.estimate(y).bandwidth == pytest.approx(0.07988, rel=1e-4)
+    assert TrainingPrior.estimate(y, bandwidth=0.05).bandwidth == 0.05
+
+
 def test_specs_validate():
     with pytest.raises(ConfigError, match="kind must be one of"):
         ModelSpec(kind="gp")
