@@ -24,9 +24,9 @@ def normal_reference_bandwidth(y: np.ndarray) -> float:
     error when the data are normal with standard deviation sigma. sigma is the labels' standard deviation (ddof = 0),
     n their number.
 
-    The exact constant is (4/3)^(1/5) = 1.0592; Scott (1992, eq. 6.17) derives the same normal-reference rule. It is
-    neither Silverman's robust variant 0.9 min(sigma, IQR / 1.34) n^(-1/5) (eq. 3.31) nor ``scipy.stats.gaussian_kde``'s
-    ``"scott"`` factor, sigma n^(-1/5) in one dimension (6% narrower).
+    The exact constant is (4/3)^(1/5) = 1.0592; Scott (1992, *Multivariate Density Estimation*) gives the same
+    normal-reference rule. It is neither Silverman's robust variant 0.9 min(sigma, IQR / 1.34) n^(-1/5) (eq. 3.31)
+    nor ``scipy.stats.gaussian_kde``'s ``"scott"`` factor, sigma n^(-1/5) in one dimension (6% narrower).
     """
     return NORMAL_REFERENCE_FACTOR * y.std() * y.size ** (-1 / 5)
 
