@@ -459,7 +459,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
         section.check_box(halos.snapshot)
     except ConfigError as exc:
         raise _relocated(exc, args, "[observe]") from None
-    obs = make_observations(halos, galaxies, section.observation_config(), num_workers=section.workers,
+    obs = make_observations(halos, galaxies, section.observation_spec(), num_workers=section.workers,
                             progress=Progress("regions", enabled=not args.quiet))
     obs_dir, members = write_observations(args.out, obs)
     print(f"observations: {obs_dir}  ({len(obs.table)} kept of {len(obs.table) + obs.dropped['total']}, "

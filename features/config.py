@@ -73,9 +73,9 @@ class ObserveSection:
         check_number("los_seed", self.los_seed, low=0, integer=True)
         check_number("regions_per_side", self.regions_per_side, low=1, high=MAX_REGIONS_PER_SIDE, integer=True)
         check_number("workers", self.workers, low=1, high=MAX_WORKERS, integer=True)
-        self.observation_config()  # the cylinder's and lines of sight's own checks, before anything runs
+        self.observation_spec()  # the cylinder's and lines of sight's own checks, before anything runs
 
-    def observation_config(self) -> ObservationSpec:
+    def observation_spec(self) -> ObservationSpec:
         """The :class:`ObservationSpec` this section describes."""
         return ObservationSpec(
             cylinder=CylinderSpec(r_aperture=self.r_aperture, v_cut=self.v_cut, min_members=self.min_members,
@@ -88,7 +88,7 @@ class ObserveSection:
 
     def check_box(self, snapshot: Snapshot) -> None:
         """Refuse a cylinder or a region grid that does not fit the box of ``snapshot`` (see :func:`check_geometry`)."""
-        check_geometry(self.observation_config(), snapshot)
+        check_geometry(self.observation_spec(), snapshot)
 
     def science_dict(self) -> dict[str, Any]:
         """Every key that can change a result (the cache key of the features stage)."""

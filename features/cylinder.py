@@ -112,7 +112,7 @@ class ObservationSpec:
     :class:`CylinderSpec`.
 
     A spec like :class:`CylinderSpec` and :class:`LineOfSightSpec`, not a configuration section: the ``[observe]``
-    section is :class:`features.config.ObserveSection`, which builds one (``observation_config()``). It lives here, beside
+    section is :class:`features.config.ObserveSection`, which builds one (``observation_spec()``). It lives here, beside
     the specs it bundles, because both :mod:`features.config` and :mod:`features.observe` need it and
     :mod:`features.observe` imports :mod:`features.config`."""
 

@@ -135,7 +135,7 @@ def plan_features(run_dir: str, halos: str, galaxies: str, halo_format: str | No
     from features.observe import plan_observations
 
     h, g = _open_catalogs(run_dir, halos, galaxies, halo_format, galaxy_format, snapshot)
-    plan = plan_observations(h, g, ObserveSection(**observe).observation_config(), at(run_dir, plan_dir))
+    plan = plan_observations(h, g, ObserveSection(**observe).observation_spec(), at(run_dir, plan_dir))
     files = save_plan(plan)
     get_run_logger().info("%d hosts, %d region jobs", len(plan.hosts), len(plan.jobs))
     return StageResult(stamp(files, run_dir), digest_json({"ingest": ingest_digest, "observe": observe, "code": code}),

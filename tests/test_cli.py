@@ -51,8 +51,8 @@ def test_defaults_of_sections_come_from_the_stage_specs():
     from models.spec import ModelSpec, TrainSpec
 
     config = load_config(None)
-    assert config.observe.observation_config().cylinder == CylinderSpec()
-    assert config.observe.observation_config().los == LineOfSightSpec()
+    assert config.observe.observation_spec().cylinder == CylinderSpec()
+    assert config.observe.observation_spec().los == LineOfSightSpec()
     spec, train = config.train.specs("flow")
     assert (spec, train) == (ModelSpec(kind="flow"), TrainSpec())
 
