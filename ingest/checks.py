@@ -50,9 +50,9 @@ def check_partition(
         if not finite.all():
             i = int(np.flatnonzero(~finite)[0])
             raise fail(col, i, f"expected a finite number [{spec.unit or 'no unit'}], found {values[i]}")
-        if spec.kind == "mass" and (bad := np.flatnonzero(values < 0)).size:
+        if spec.kind in ("mass", "length") and (bad := np.flatnonzero(values < 0)).size:
             i = int(bad[0])
-            raise fail(col, i, f"expected a non-negative mass [{spec.unit}], found {values[i]:g}")
+            raise fail(col, i, f"expected a non-negative {spec.kind} [{spec.unit}], found {values[i]:g}")
         if spec.kind == "position" and box_size is not None:
             bad = np.flatnonzero((values < -POSITION_TOLERANCE) | (values >= box_size + POSITION_TOLERANCE))
             if bad.size:

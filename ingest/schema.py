@@ -25,8 +25,9 @@ class Column:
     """One canonical column.
 
     ``aliases`` are the names it goes by in files (matched case-insensitively, canonical name included).
-    ``kind`` is what the values must be: ``"id"`` (integer), ``"int"``, ``"mass"`` (positive, finite),
-    ``"position"`` (finite, inside the box), ``"float"`` (finite), ``"any"`` (NaN allowed).
+    ``kind`` is what the values must be: ``"id"`` (integer), ``"int"``, ``"mass"`` (non-negative, finite),
+    ``"length"`` (a radius: non-negative, finite), ``"position"`` (finite, inside the box), ``"float"`` (finite),
+    ``"any"`` (NaN allowed).
     """
 
     name: str
@@ -127,8 +128,8 @@ HALOS = Schema(
         _c("m200b", "f4", "Msun/h", "mass inside 200 x mean matter density", aliases=("M200b",), kind="mass"),
         _c("m500c", "f4", "Msun/h", "mass inside 500 x critical density", aliases=("M500c",), kind="mass"),
         _c("mpeak", "f4", "Msun/h", "peak virial mass over the history", aliases=("Mpeak",), kind="mass"),
-        _c("rvir", "f4", "Mpc/h", "virial radius, comoving (files: kpc/h)", aliases=("Rvir",), kind="mass"),
-        _c("rs", "f4", "Mpc/h", "NFW scale radius, comoving (files: kpc/h)", aliases=("Rs",), kind="mass"),
+        _c("rvir", "f4", "Mpc/h", "virial radius, comoving (files: kpc/h)", aliases=("Rvir",), kind="length"),
+        _c("rs", "f4", "Mpc/h", "NFW scale radius, comoving (files: kpc/h)", aliases=("Rs",), kind="length"),
         _c("vmax", "f4", "km/s", "maximum circular velocity", aliases=("vmax", "Vmax"), kind="float"),
         _c("vrms", "f4", "km/s", "particle velocity dispersion (3D rms)", aliases=("vrms", "Vrms"), kind="any"),
         _c("x", "f4", "Mpc/h", "comoving position", required=True, aliases=("x",), kind="position"),

@@ -86,6 +86,8 @@ def test_wrong_dtype_in_hdf5(tmp_path, halo_table, snapshot):
         ("vz", np.inf, r"column 'vz', row 12: expected a finite number \[km/s\], found inf"),
         ("m200c", np.nan, r"column 'm200c', row 12: expected a finite number \[Msun/h\], found nan"),
         ("mvir", -3e12, r"column 'mvir', row 12: expected a non-negative mass \[Msun/h\], found -3e\+12"),
+        ("rvir", -0.5, r"column 'rvir', row 12: expected a non-negative length \[Mpc/h\], found -0.5"),
+        ("rs", -0.02, r"column 'rs', row 12: expected a non-negative length \[Mpc/h\], found -0.02"),
         ("y", 100.5, r"column 'y', row 12: position 100.5 Mpc/h is outside the box \[0, 100\)"),
         ("z", -2.0, r"column 'z', row 12: position -2 Mpc/h is outside the box"),
     ],
