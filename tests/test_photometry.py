@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import integrate, stats
 from scipy.stats import spearmanr
 
 import ingest.synth.box as box_module
@@ -21,7 +22,7 @@ from ingest.synth.photometry import (
     sample_gr_colour,
     sample_photometry,
 )
-from ingest.synth.starformation import quenched_fraction, sample_star_formation, sample_star_formation_state
+from ingest.synth.starformation import quenched_fraction, sample_star_formation_state
 from ingest.synth.synthesize import synthesize
 from pipeline.cosmology import MDPL2
 from pipeline.errors import InputError
@@ -97,15 +98,65 @@ def test_star_formation_state_is_the_quenching_draw():
     is_sat = rng.random(n) < 0.3
     host = 10 ** rng.uniform(12.0, 15.0, n)
     z = 0.117
-    columns, quenched = sample_star_formation_state(np.random.default_rng(5), sm, is_sat, host, MDPL2, z)
-    # the same draws sample_star_formation makes: ra, then the quenching uniforms
+    _, quenched = sample_star_formation_state(np.random.default_rng(5), sm, is_sat, host, MDPL2, z)
+    # the draws it makes first: ra, then the quenching uniforms
     again = np.random.default_rng(5)
     again.standard_normal(n)
     drawn = again.random(n) < quenched_fraction(np.log10(sm), is_sat, host)
     assert np.array_equal(quenched, drawn)
     assert 0.2 < drawn.mean() < 0.8
-    plain = sample_star_formation(np.random.default_rng(5), sm, is_sat, host, MDPL2, z)
-    assert all(np.array_equal(plain[k], columns[k]) for k in plain)
+    # the fraction itself, by hand: Phi((log m* - 10.5) / 0.4) for centrals; satellites of a 10^12.5 host are in
+    # addition quenched with probability 0.5 Phi(0) = 0.25
+    np.testing.assert_allclose(quenched_fraction(np.array([10.5, 10.9, 10.5]), np.array([False, False, True]),
+                                                 np.array([1e14, 1e14, 10**12.5])),
+                               [0.5, 0.841344746, 1.0 - 0.5 * 0.75], rtol=1e-8)
+
+
+def test_star_formation_follows_the_published_recipes():
+    """Speagle+14 main sequence, the quenched offset, ``ra`` as the SFR scatter, Kennicutt's UV conversion, dust.
+
+    Every constant here is typed from the papers (or derived by hand), not read from the module.
+    """
+    rng = np.random.default_rng(8)
+    n = 40_000
+    sm = 10 ** rng.uniform(9.0, 12.0, n)
+    is_sat = rng.random(n) < 0.3
+    host = 10 ** rng.uniform(12.0, 15.0, n)
+    z = 0.117
+    sf, quenched = sample_star_formation_state(np.random.default_rng(6), sm, is_sat, host, MDPL2, z)
+    assert 0.2 < quenched.mean() < 0.8  # both populations well sampled
+    # the age of MDPL2's flat Lambda-CDM universe at z, by quadrature: t = int_z^inf dz / ((1 + z) H(z))
+    h, om = 0.6777, 0.307115
+    hubble_time_gyr = 977.792221680789 / (100.0 * h)  # 1 / H0 in Gyr
+    age = hubble_time_gyr * integrate.quad(lambda x: 1.0 / ((1 + x) * np.sqrt(om * (1 + x) ** 3 + 1 - om)),
+                                           z, np.inf)[0]
+    log_sm = np.log10(sm)
+    main_sequence = (0.84 - 0.026 * age) * log_sm - (6.51 - 0.11 * age)  # Speagle+14, eq. 28
+    log_sfr = np.log10(sf["sfr"])
+    # star-forming: 0.3 dex about the main sequence; quenched: 1.5 dex below it with 0.4 dex; ra is that scatter
+    np.testing.assert_allclose((log_sfr - main_sequence)[~quenched] / 0.3, sf["ra"][~quenched], atol=1e-9)
+    np.testing.assert_allclose((log_sfr - main_sequence + 1.5)[quenched] / 0.4, sf["ra"][quenched], atol=1e-9)
+    assert abs(np.mean(sf["ra"])) < 0.02 and np.std(sf["ra"]) == pytest.approx(1.0, abs=0.02)
+    np.testing.assert_allclose(sf["rarank"], stats.norm.cdf(sf["ra"]), rtol=1e-12)
+    # observed SFR: 0.1 dex log-normal scatter about the true one
+    scatter = np.log10(sf["obs_sfr"] / sf["sfr"])
+    assert abs(np.mean(scatter)) < 0.002 and np.std(scatter) == pytest.approx(0.1, rel=0.02)
+    # UV magnitude: Kennicutt 1998, SFR = 1.4e-28 L_nu [erg/s/Hz]; AB magnitudes at 10 pc, M = -2.5 log10 f_nu - 48.60
+    ten_pc_cm = 10.0 * 3.0856775814913673e18
+    m_uv = -2.5 * np.log10(sf["obs_sfr"] / 1.4e-28 / (4.0 * np.pi * ten_pc_cm**2)) - 48.60
+    np.testing.assert_allclose(sf["obs_uv"] - sf["a_uv"], m_uv, atol=1e-3)
+    # dust: A_UV = 1 + 0.7 (log m* - 10) + N(0, 0.3) for star-forming galaxies, 0.2 + N(0, 0.1) for quenched ones,
+    # clipped to [0, 4.5]
+    assert np.all((sf["a_uv"] >= 0.0) & (sf["a_uv"] <= 4.5))
+    unclipped = ~quenched & (log_sm > 10.0)  # mean A_UV >= 1: the clip at 0 is more than 3 sigma away
+    dust = (sf["a_uv"] - 1.0 - 0.7 * (log_sm - 10.0))[unclipped]
+    assert abs(np.mean(dust)) < 0.012 and np.std(dust) == pytest.approx(0.3, rel=0.03)
+    assert np.median(sf["a_uv"][quenched]) == pytest.approx(0.2, abs=0.005)
+    assert np.std(sf["a_uv"][quenched]) == pytest.approx(0.1, rel=0.05)
+    # rank1, rank2: independent standard normals
+    for key in ("rank1", "rank2"):
+        assert abs(np.mean(sf[key])) < 0.02 and np.std(sf[key]) == pytest.approx(1.0, abs=0.02), key
+        assert abs(np.corrcoef(sf[key], sf["ra"])[0, 1]) < 0.02, key
 
 
 def test_generated_box_has_photometry_consistent_with_stellar_mass(small_box):

@@ -58,18 +58,6 @@ def uv_magnitude(sfr: np.ndarray) -> np.ndarray:
     return UV_ZEROPOINT - 2.5 * np.log10(np.asarray(sfr, dtype=np.float64))
 
 
-def sample_star_formation(
-    rng: np.random.Generator,
-    sm: np.ndarray,
-    is_satellite: np.ndarray,
-    host_m200c: np.ndarray,
-    cosmology: Cosmology,
-    redshift: float,
-) -> dict[str, np.ndarray]:
-    """SFR and companions for galaxies of stellar mass ``sm`` (Msun) (see :func:`sample_star_formation_state`)."""
-    return sample_star_formation_state(rng, sm, is_satellite, host_m200c, cosmology, redshift)[0]
-
-
 def sample_star_formation_state(
     rng: np.random.Generator,
     sm: np.ndarray,
