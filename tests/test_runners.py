@@ -46,6 +46,17 @@ def slurm_section(tmp_path: Path, **changes: object) -> RunnerSection:
     return RunnerSection(**values)  # type: ignore[arg-type]
 
 
+def slurm_section_kwargs(tmp_path: Path) -> dict[str, object]:
+    """What ``slurm_section(tmp_path)`` must hand dask_jobqueue.SLURMCluster, written out by hand from it."""
+    return {
+        "job_name": "clustermass", "cores": 16, "processes": 2, "memory": "64GiB", "walltime": "04:30:00",
+        "job_extra_directives": ["--constraint=haswell", "--qos=normal"],
+        "job_script_prologue": ["module load gcc", "export OMP_NUM_THREADS=1"], "python": "/opt/cm/bin/python",
+        "queue": "cpu-long", "account": "astro123", "local_directory": "$TMPDIR",
+        "log_directory": str(tmp_path / "logs"),
+    }
+
+
 def write_config(tmp_path: Path, runner: str = 'kind = "threads"\nworkers = 3') -> Path:
     path = tmp_path / "run.toml"
     path.write_text(f'[output]\ndir = "runs/x"\n\n[runner]\n{runner}\n')
@@ -86,7 +97,7 @@ def test_slurm_runner_passes_cluster_and_adapt_kwargs(tmp_path: Path) -> None:
     assert isinstance(runner, DaskTaskRunner)
     assert runner.cluster_class == "dask_jobqueue.SLURMCluster"
     assert runner.resolved_cluster_class is SLURMCluster
-    assert runner.cluster_kwargs == slurm_cluster_kwargs(section)
+    assert runner.cluster_kwargs == slurm_section_kwargs(tmp_path)
     assert runner.adapt_kwargs == {"minimum_jobs": 1, "maximum_jobs": 6}
     assert runner._cluster is None and runner._client is None
     assert runner.duplicate() == runner  # what the flow engine enters for each run
@@ -94,14 +105,7 @@ def test_slurm_runner_passes_cluster_and_adapt_kwargs(tmp_path: Path) -> None:
 
 
 def test_slurm_cluster_kwargs(tmp_path: Path) -> None:
-    kwargs = slurm_cluster_kwargs(slurm_section(tmp_path))
-    assert kwargs == {
-        "job_name": "clustermass", "cores": 16, "processes": 2, "memory": "64GiB", "walltime": "04:30:00",
-        "job_extra_directives": ["--constraint=haswell", "--qos=normal"],
-        "job_script_prologue": ["module load gcc", "export OMP_NUM_THREADS=1"], "python": "/opt/cm/bin/python",
-        "queue": "cpu-long", "account": "astro123", "local_directory": "$TMPDIR",
-        "log_directory": str(tmp_path / "logs"),
-    }
+    assert slurm_cluster_kwargs(slurm_section(tmp_path)) == slurm_section_kwargs(tmp_path)
     bare = slurm_cluster_kwargs(RunnerSection(kind="slurm"))
     assert bare["python"] == sys.executable
     assert not {"queue", "account", "local_directory", "log_directory"} & set(bare)
