@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
@@ -12,7 +11,7 @@ from models.io import load_model, save_model
 from models.model import host_split, log_prob, log_prob_grid, predict_point, train_model
 from models.msigma import fit_msigma
 from models.prior import TrainingPrior
-from models.spec import ModelSpec, TrainSpec
+from models.spec import History, ModelSpec, TrainSpec
 from models.training import evaluate, fit
 from pipeline.errors import ConfigError, InputError
 
@@ -81,15 +80,51 @@ def test_grid_density_is_normalised_and_matches_pointwise(kind, trained, toy_dat
     np.testing.assert_allclose(np.diag(at), log_prob(model, xt[:5], yt[:5]), rtol=1e-4, atol=1e-4)
 
 
-def test_ensemble_of_one_equals_the_single_model(trained, toy_data):
-    x, y, _xt, _yt = toy_data
-    model, _ = trained["mdn"]
-    val = host_split(np.arange(len(y)), TOY_TRAIN.validation_fraction, TOY_TRAIN.seed)
-    xs, ys = model.x_scaler.transform(x), model.y_scaler.transform(y)
-    params, _ = fit(SPECS["mdn"], x_train=xs[~val], y_train=ys[~val], x_val=xs[val], y_val=ys[val], train=TOY_TRAIN,
-                    seed=TOY_TRAIN.seed)
-    same = jax.tree_util.tree_map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), params, model.members[0])
-    assert jax.tree_util.tree_all(same)  # same seed: identical weights
+def test_each_member_trains_on_the_training_hosts_with_its_own_seed(monkeypatch, toy_data):
+    """What train_model hands the training loop, recorded instead of trained (that a seed fixes the weights is
+    tests/test_determinism.py's): the standardised rows of the training hosts, the other hosts as validation, labels
+    aligned with their features, and seed + 1000 k for member k (the seeds model.json records)."""
+    x, y, _, _ = toy_data
+    n = 3000
+    x_raw = np.column_stack([np.arange(n, dtype=np.float64), x[:n, 0]])  # feature 0: the row number
+    y_raw = y[:n]
+    hosts = np.arange(n) // 3  # three lines of sight per host
+    calls = []
+
+    def recorded_fit(spec, *, x_train, y_train, x_val, y_val, train, seed, progress=None):
+        calls.append({"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "seed": seed})
+        return {"seed": np.array(seed)}, History(val_loss=(float(seed),), best_epoch=0)
+
+    monkeypatch.setattr("models.model.fit", recorded_fit)
+    train = TrainSpec(ensemble=3, seed=7, validation_fraction=0.2)
+    model, histories = train_model(x_raw, y_raw, hosts, feature_names=["row", "b"], spec=SPECS["mdn"], train=train)
+    assert [c["seed"] for c in calls] == [7, 1007, 2007]
+    assert [int(m["seed"]) for m in model.members] == [7, 1007, 2007]  # members and histories in member order
+    assert [h.val_loss[0] for h in histories] == [7.0, 1007.0, 2007.0]
+    first = calls[0]
+    for later in calls[1:]:  # every member sees the same split (its data order comes from its seed)
+        for key in ("x_train", "y_train", "x_val", "y_val"):
+            np.testing.assert_array_equal(later[key], first[key], err_msg=key)
+    # standardised with the training split's statistics: zero mean and unit variance there
+    np.testing.assert_allclose(first["x_train"].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(first["x_train"].std(axis=0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose([first["y_train"].mean(), first["y_train"].std()], [0.0, 1.0], atol=1e-5)
+    # the standardised row numbers of both splits together are equally spaced: every row exactly once
+    n_train = len(first["x_train"])
+    together = np.concatenate([first["x_train"][:, 0], first["x_val"][:, 0]]).astype(np.float64)
+    assert len(together) == n and np.ptp(np.diff(np.sort(together))) < 1e-3 * np.ptp(together) / (n - 1)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(together)] = np.arange(n)
+    train_rows, val_rows = rank[:n_train], rank[n_train:]
+    # split by host: 200 of the 1000 hosts (all three lines of sight of each) validate
+    assert not set(hosts[train_rows]) & set(hosts[val_rows])
+    assert len(set(hosts[val_rows])) == 200 and len(val_rows) == 600
+    # both splits scaled with the training rows' mean and standard deviation; labels travel with their features
+    for rows, xs, ys in ((train_rows, first["x_train"], first["y_train"]), (val_rows, first["x_val"], first["y_val"])):
+        np.testing.assert_allclose(xs, (x_raw[rows] - x_raw[train_rows].mean(0)) / x_raw[train_rows].std(0),
+                                   atol=2e-6, rtol=1e-6)
+        np.testing.assert_allclose(ys, (y_raw[rows] - y_raw[train_rows].mean()) / y_raw[train_rows].std(),
+                                   atol=2e-6, rtol=1e-6)
 
 
 def test_ensemble_predictive_is_the_equal_weight_mixture(toy_data):
