@@ -59,12 +59,48 @@ def test_corrected_posterior_matches_the_analytic_one(tmp_path, name):
     np.testing.assert_allclose(np.trapezoid(got, GRID, axis=1), 1.0, atol=1e-4)
 
 
+def tinker08_by_hand(log10_m200c: np.ndarray) -> np.ndarray:
+    """ln dn/dlog10 M200c [h^3 Mpc^-3 dex^-1] of Tinker et al. (2008) for MDPL2 at SNAP's redshift, from the paper.
+
+    f(sigma) = A [(sigma / b)^-a + 1] exp(-c / sigma^2) (their eq. 3) with Table 2's parameters at
+    Delta_m = 200 / Omega_m(z) (M200c is 200 times the critical density), interpolated linearly in Delta as colossus
+    does, and the redshift evolution of eqs. 5-8; dn/dln M = f(sigma) rho_m / M dln(1 / sigma)/dln M (eq. 2). Only
+    sigma(R) (the linear power spectrum's variance in a top hat of Lagrangian radius R) comes from colossus.
+    """
+    from colossus.cosmology.cosmology import Cosmology as ColossusCosmology
+
+    h, om, ob, sigma8, ns = 0.6777, 0.307115, 0.048206, 0.8228, 0.96  # MDPL2 (Klypin et al. 2016)
+    cosmo = ColossusCosmology(name="mdpl2-by-hand", flat=True, H0=100 * h, Om0=om, Ob0=ob, sigma8=sigma8, ns=ns,
+                              relspecies=False, persistence="")
+    z = 1.0 / 0.8951 - 1.0
+    delta_m = 200.0 * (om * (1 + z) ** 3 + 1 - om) / (om * (1 + z) ** 3)
+    table = np.array([[200, 300, 400, 600, 800, 1200, 1600, 2400, 3200],
+                      [0.186, 0.200, 0.212, 0.218, 0.248, 0.255, 0.260, 0.260, 0.260],  # A0
+                      [1.47, 1.52, 1.56, 1.61, 1.87, 2.13, 2.30, 2.53, 2.66],  # a0
+                      [2.57, 2.25, 2.05, 1.87, 1.59, 1.51, 1.46, 1.44, 1.41],  # b0
+                      [1.19, 1.27, 1.34, 1.45, 1.58, 1.80, 1.97, 2.24, 2.44]])  # c
+    a0_, a_, b_, c_ = (np.interp(delta_m, table[0], row) for row in table[1:])
+    alpha = 10 ** (-((0.75 / np.log10(delta_m / 75.0)) ** 1.2))
+    big_a, a, b = a0_ * (1 + z) ** -0.14, a_ * (1 + z) ** -0.06, b_ * (1 + z) ** -alpha
+    rho_m = 2.77536627e11 * om  # comoving mean matter density, Msun/h / (Mpc/h)^3
+    ln_m = np.log(10.0) * np.asarray(log10_m200c)[:, None] + np.array([-1e-3, 0.0, 1e-3])
+    sigma = cosmo.sigma((3.0 * np.exp(ln_m) / (4.0 * np.pi * rho_m)) ** (1.0 / 3.0), z)
+    dln_inv_sigma = -(np.log(sigma[:, 2]) - np.log(sigma[:, 0])) / 2e-3
+    f = big_a * ((sigma[:, 1] / b) ** -a + 1.0) * np.exp(-c_ / sigma[:, 1] ** 2)
+    return np.log(f * rho_m / np.exp(ln_m[:, 1]) * dln_inv_sigma * np.log(10.0))
+
+
 def test_tinker08_prior_is_the_falling_mass_function():
     t = priors.tinker08(GRID, SNAP)
     assert np.all(np.diff(t.log_density) < 0)
-    # about 1.4 dex fewer clusters per dex between 10^14 and 10^14.7 at z ~ 0.1
+    # the mass function itself, per dex, at the snapshot's redshift (6.45e-5 h^3 Mpc^-3 dex^-1 at 10^14 Msun/h); to
+    # 1e-3 in ln: colossus rounds Delta_m (523.6) to an integer
+    log10_m = np.array([13.6, 14.0, 14.5, 14.7, 15.0])
+    by_hand = tinker08_by_hand(log10_m)
+    np.testing.assert_allclose(priors.tinker08(log10_m, SNAP).log_density, by_hand, atol=2e-3)
+    # 1.29 dex fewer clusters per dex at 10^14.7 than at 10^14 (a slip to z = 0 gives 1.22, to M200m 1.16)
     drop = (np.interp(14.0, GRID, t.log_density) - np.interp(14.7, GRID, t.log_density)) / np.log(10)
-    assert 0.9 < drop < 2.5
+    assert drop == pytest.approx((by_hand[1] - by_hand[3]) / np.log(10), abs=2e-3)
 
 
 def test_summaries_against_scipy():
