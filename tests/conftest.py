@@ -98,3 +98,23 @@ dir = "unused"
 def tiny_run_config() -> str:
     """The text of a configuration for a tiny synthetic run (see :data:`TINY_RUN_CONFIG`)."""
     return TINY_RUN_CONFIG
+
+
+#: ``clustermass synth`` arguments of the tiny box: the [synth] of :data:`TINY_RUN_CONFIG`, HDF5
+TINY_BOX_ARGS = ("--box-size", "110", "--log10-mmin", "11.5", "--workers", "1", "--quiet")
+
+
+@pytest.fixture(scope="session")
+def tiny_box(tmp_path_factory):
+    """The directory of one 110 Mpc/h synthetic box (``halos.h5``, ``galaxies.h5``, ``snapshot.json``...; ~70 MB,
+    ~3 s), made once per session (once per xdist worker) by ``clustermass synth`` with :data:`TINY_BOX_ARGS` — the
+    box :data:`TINY_RUN_CONFIG` synthesises. Shared: read it, never write into it (copy a file to change it); the
+    session fails at teardown if a file in it changed."""
+    from clustermass.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-box") / "box"
+    assert main(["synth", "--out", str(out), *TINY_BOX_ARGS]) == 0
+    stamps = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in out.iterdir()}
+    yield out
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in out.iterdir()} == stamps, \
+        "a test wrote into the shared tiny box"
