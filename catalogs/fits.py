@@ -15,8 +15,7 @@ Layout (eRASS1-style, the PDF a vector column on a shared grid):
   and floats, which FITS cards may round to 16 digits), and ``CMSCHEMA``, the layout version;
 * ``GRID``: a 1-D float64 IMAGE extension of G values, ``log10_m200c_grid``, with ``BUNIT`` (blank: a log unit)
   and ``CMUNIT`` (exact). An image, not a second table, so that ``Table.read("catalog.fits")`` finds exactly one
-  table and reads it without "multiple tables" warning. Files of schema version 1 (GRID a one-column BINTABLE,
-  exact units in TUNITn) are read too.
+  table and reads it without "multiple tables" warning. Files of another layout version are refused.
 
 Streaming: the writer emits the primary header and the CATALOG header with ``NAXIS2 = N`` (built by astropy),
 then each block as packed big-endian row records (a FITS binary table's data is exactly that), pads the data to
@@ -281,7 +280,7 @@ def read_fits(
             if shape != ((len(grid),) if spec.vector else ()):
                 raise CatalogError(path, f"holds {shape or 1} values per row, expected "
                                          f"{len(grid) if spec.vector else 1}", column=name)
-            units[name] = (col.unit or "") if exact is None else str(exact)  # version 1: TUNIT was exact
+            units[name] = (col.unit or "") if exact is None else str(exact)  # no CMUNIT: TUNIT is the unit
         offset = cat.fileinfo()["datLoc"]
     block_rows = max(1, chunk_bytes // file_dtype.itemsize)
     arrays = _read_rows(path, offset, file_dtype, n_rows, wanted, len(grid), block_rows)
@@ -289,19 +288,13 @@ def read_fits(
 
 
 def _read_grid(path: str | os.PathLike[str], hdu) -> tuple[np.ndarray, str]:
-    """The grid and its exact unit string: a 1-D image (version 2) or a one-column BINTABLE (version 1)."""
-    if hdu.is_image:
-        if hdu.header.get("NAXIS") != 1:
-            raise CatalogError(path, f"GRID extension is not 1-D (NAXIS = {hdu.header.get('NAXIS')})",
-                               column=GRID_NAME)
-        exact = hdu.header.get("CMUNIT")
-        unit = hdu.header.get("BUNIT", "") if exact is None else exact
-        return np.array(hdu.data, dtype=GRID.numpy_dtype), str(unit or "")
-    if GRID_NAME not in hdu.columns.names:
-        raise CatalogError(path, "GRID extension lacks the grid column", column=GRID_NAME)
-    exact = hdu.header.get(f"CMUNIT{hdu.columns.names.index(GRID_NAME) + 1}")
-    unit = hdu.columns[GRID_NAME].unit if exact is None else exact
-    return np.array(hdu.data.field(GRID_NAME), dtype=GRID.numpy_dtype), str(unit or "")
+    """The grid (a 1-D image) and its exact unit string."""
+    if not hdu.is_image or hdu.header.get("NAXIS") != 1:
+        raise CatalogError(path, f"GRID extension is not a 1-D image (NAXIS = {hdu.header.get('NAXIS')})",
+                           column=GRID_NAME)
+    exact = hdu.header.get("CMUNIT")
+    unit = hdu.header.get("BUNIT", "") if exact is None else exact
+    return np.array(hdu.data, dtype=GRID.numpy_dtype), str(unit or "")
 
 
 def _extension(path: str | os.PathLike[str], hdul: fits.HDUList, name: str):

@@ -39,7 +39,7 @@ from inference.posterior import SUMMARY_COLUMNS, prepare
 from inference.priors import DEFAULT_PRIOR
 from inference.query import ABSOLUTE_MIN_MEMBERS, REDSHIFT_TOLERANCE, choose_model
 from inference.selection import require_magnitudes, select_members, uses_stellar_masses
-from models.io import integrity_warning, load_model
+from models.io import load_model
 from pipeline.errors import InputError
 from pipeline.provenance import code_version, model_digest, now
 from pipeline.snapshot import Snapshot
@@ -87,8 +87,7 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
     g_ra, g_dec, g_z = (g_checked.values[k] for k in SKY)
     g_m = g_checked.values.get("log10_mstar", np.full(len(g_ra), np.nan))
     g_mag = g_checked.values.get("mag_r")
-    notes = [w for w in (integrity_warning(directory, description),) if w]
-    notes += unit_notes(galaxies, names, h=snap.cosmology.h) + unit_notes(clusters, SKY)
+    notes = unit_notes(galaxies, names, h=snap.cosmology.h) + unit_notes(clusters, SKY)
     skipped_galaxies = skipped(galaxies, g_checked, "galaxy")
     if (~g_ok).any():
         skipped_galaxies.append(f"{gpath}: {int((~g_ok).sum())} galaxy rows skipped in all")

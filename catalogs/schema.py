@@ -46,10 +46,11 @@ from pipeline.errors import InputError
 
 #: Version of this layout, written to every file (HDF5 attribute ``clustermass_catalog``, FITS keyword CMSCHEMA).
 #: 2: FITS TUNITn FITS-standard (blank for log units; exact units in CMUNITn) and GRID an image extension, so that
-#: a plain ``Table.read`` of the FITS file is silent. HDF5 is unchanged from 1.
+#: a plain ``Table.read`` of the FITS file is silent.
 SCHEMA_VERSION = "2"
-#: Major versions the readers accept (1: FITS TUNITn held the exact astropy strings; GRID a one-column BINTABLE).
-READABLE_VERSIONS = ("1", "2")
+#: Major versions the readers accept: this one only (no catalog of an earlier layout exists outside this
+#: repository's history, so no reader of one is kept).
+READABLE_VERSIONS = ("2",)
 
 LOG_MASS_UNIT = "dex(solMass / littleh)"
 DEX_UNIT = "dex"

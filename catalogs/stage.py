@@ -16,10 +16,10 @@ import pandas as pd
 
 from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
-from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, feature_set_of
+from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE
 from inference.diagnostics import edge_mass, flag_bits
 from inference.posterior import SUMMARY_COLUMNS, prepare, summary_columns
-from models.io import read_description
+from models.io import model_feature_set, read_description
 from models.model import TARGET, TrainedModel
 from models.stage import load_models
 from models.typicality import ood_score
@@ -70,7 +70,7 @@ def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: s
         raise InputError(model_dir / main, f"the observations lack the model's features {missing}")
     setup = prepare(model, prior, snapshot=snapshot)
     description = read_description(model_dir / main)
-    feature_set = description.get("feature_set") or feature_set_of(model.feature_names)
+    feature_set = model_feature_set(description, model_dir / main)
     provenance = provenance_for(model_dir, main, models, setup.target.name, snapshot, rows, config_digest)
     provenance["model_inputs"] = f"{feature_set}: {INPUTS[feature_set]}"
     x = table[list(model.feature_names)].to_numpy()

@@ -42,14 +42,6 @@ NEEDS_STELLAR_MASS = frozenset({"full"})
 NEEDS_COMPLETE_SAMPLE = frozenset({"full", "richness"})
 
 
-def feature_set_of(names: tuple[str, ...] | list[str]) -> str:
-    """The smallest feature set holding every one of ``names`` (``full`` for custom lists with stellar masses)."""
-    for name in ("dynamics", "richness", "full"):
-        if set(names) <= set(FEATURE_SETS[name]):
-            return name
-    return "full"
-
-
 def thin(members: Members, completeness: np.ndarray, rng: np.random.Generator) -> Members:
     """Members kept independently with probability ``completeness`` of their observation (one value per row)."""
     counts = np.diff(members.offsets)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from features.definitions import compute_features
-from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS, feature_set_of
+from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS
 from features.sky import estimate_centre, project
 from inference.diagnostics import OOD_LIMIT, edge_mass, flag_bits, flag_names
 from inference.member_table import PROJECTED, SKY, MemberFile, check_centre, load_members, open_members, unit_notes
@@ -23,7 +23,7 @@ from inference.posterior import prepare, summary_columns
 from inference.priors import DEFAULT_PRIOR
 from inference.selection import describe as describe_selection
 from inference.selection import require_magnitudes, select_members, uses_stellar_masses
-from models.io import MODEL_JSON, integrity_warning, load_model, read_description
+from models.io import MODEL_JSON, load_model, model_feature_set, read_description
 from models.model import TrainedModel
 from models.typicality import ood_score
 from pipeline.cosmology import Cosmology
@@ -134,7 +134,7 @@ def choose_model(model_path: str | os.PathLike[str], has_mstar: bool, *, members
     chosen = None
     for directory in candidate_models(model_path):
         description = read_description(directory)
-        feature_set = description.get("feature_set") or feature_set_of(description.get("features", []))
+        feature_set = model_feature_set(description, directory)
         if only is not None and feature_set != only:
             considered.append({"model": str(directory), "feature_set": feature_set, "used": False,
                                "why_not": f"--inputs {only} was asked for"})
@@ -173,7 +173,7 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, memb
     snap = Snapshot.from_dict(meta["snapshot"])
     cosmology: Cosmology = snap.cosmology
     path = members.path
-    notes: list[str] = [w for w in (integrity_warning(model_dir, description),) if w]
+    notes: list[str] = []
     uses_mstar = uses_stellar_masses(feature_set)
     require_magnitudes(cyl, snap, members.has("mag_r"), path)
     names = [*(SKY if members.system == "sky" else PROJECTED), *(["log10_mstar"] if uses_mstar else []),

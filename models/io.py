@@ -11,8 +11,8 @@ key (:func:`check_description`): types and shapes; finite scalers with std > 0, 
 feature names without repeats, in the scaler's order (``feature_scaler.features``); a training prior that is finite,
 non-negative and normalised on its increasing grid; parameter files named inside the model directory (no path
 separators, no ``..``, no links leading out) whose SHA-256 match; and ``content_sha256``, the SHA-256 of
-``model.json``'s own canonical JSON (:func:`content_digest`), so that an edited description is refused too. Files
-written before the digest existed are read with a warning (:func:`integrity_warning`). Writing is atomic: the
+``model.json``'s own canonical JSON (:func:`content_digest`), so that an edited description is refused too; a
+description without it is refused (deleting the key would otherwise switch the check off). Writing is atomic: the
 directory appears complete or not at all.
 """
 
@@ -24,6 +24,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -158,22 +159,15 @@ def _read_json(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]
 
 
 def _verify_digest(meta_path: Path, meta: Mapping[str, Any]) -> None:
-    stored = meta.get(CONTENT_KEY)
-    if stored is None:
-        return  # written before content digests: integrity_warning() says so
+    if CONTENT_KEY not in meta:
+        raise InputError(meta_path, f"{CONTENT_KEY} is missing: the description cannot be checked against edits; "
+                                    "retrain the model (`clustermass train`)")
+    stored = meta[CONTENT_KEY]
     if not isinstance(stored, str) or not _SHA256.fullmatch(stored):
         raise InputError(meta_path, f"{CONTENT_KEY}: expected 64 lower-case hex digits, got {stored!r}")
     if stored != content_digest(meta):
         raise InputError(meta_path, f"{CONTENT_KEY}: the description does not match its digest: model.json was "
                                     "edited or damaged after training; retrain (or restore the file)")
-
-
-def integrity_warning(directory: str | os.PathLike[str], description: Mapping[str, Any]) -> str | None:
-    """A warning line for a description written before :data:`CONTENT_KEY` existed (None for a current one)."""
-    if CONTENT_KEY in description:
-        return None
-    return (f"warning: {Path(directory) / MODEL_JSON} has no {CONTENT_KEY} (written before clustermass checked "
-            "its descriptions): edits to it cannot be detected; retrain the model to add one")
 
 
 def read_description(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -305,6 +299,15 @@ class _Check:
         return np.asarray(value, dtype=np.float64)
 
 
+def model_feature_set(description: Mapping[str, Any], directory: str | os.PathLike[str]) -> str:
+    """The feature set a model of the training stage was trained on (``model.json``'s ``feature_set``, checked by
+    :func:`check_description`); a description without one is not the training stage's: refused in one line."""
+    if "feature_set" not in description:
+        raise InputError(Path(directory) / MODEL_JSON, "feature_set is missing: not a model of `clustermass train` "
+                                                       "(retrain it)")
+    return str(description["feature_set"])
+
+
 def _pipeline_model(meta: Mapping[str, Any]) -> bool:
     """Written by the training stage (it records the feature set and the observations): its features must be the
     package's own. A bare :func:`save_model` of other features is checked against the caller's ``features``."""
@@ -314,14 +317,16 @@ def _pipeline_model(meta: Mapping[str, Any]) -> bool:
 def check_description(meta: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Validate a parsed ``model.json`` as a whole; raise one :class:`InputError` naming ``path`` and the key.
 
-    Format and version; ``kind``, ``model`` and ``training`` (the specs' own checks); ``features`` (non-empty
-    distinct strings; for a model of the training stage, known features of :data:`features.definitions.FEATURE_NAMES`
-    and for ``dynamics``/``richness`` exactly their set in order); ``feature_scaler`` (``mean`` and ``std``, one
+    Format and version; ``kind``, ``model`` and ``training`` (every field of the specs present — a missing one is
+    refused, never defaulted — and the specs' own checks); ``features`` (non-empty distinct strings; for a model of
+    the training stage, which records ``observations`` or ``feature_set``, a ``feature_set`` is required, the
+    features are known ones of :data:`features.definitions.FEATURE_NAMES` and for ``dynamics``/``richness`` exactly
+    their set in order); ``feature_scaler`` (``mean`` and ``std``, one
     finite entry per feature, std > 0, and its ``features`` labels equal to ``features``); ``target`` (the target's
     name, one finite mean and std > 0); ``training_prior`` (a finite increasing grid [log10 Msun/h], a finite,
     non-negative density [per dex] integrating to 1 within :data:`PRIOR_NORM_TOLERANCE`, bandwidth > 0);
     ``members`` (file names inside the directory, SHA-256 hex digests); and where present ``epistemic`` (an
-    object), ``feature_set``, ``training_members``, ``typicality``, ``observations`` (cylinder and snapshot) and
+    object), ``training_members``, ``typicality``, ``observations`` (cylinder and snapshot) and
     ``selection``.
     """
     c = _Check(Path(path))
@@ -335,6 +340,10 @@ def check_description(meta: Mapping[str, Any], path: str | os.PathLike[str]) -> 
         raise c.fail("kind", f"expected one of {list(KINDS)}, got {kind!r}")
     model = c.obj(meta, "model")
     training = c.obj(meta, "training")
+    for where, section, spec_class in (("model", model, ModelSpec), ("training", training, TrainSpec)):
+        missing = [f.name for f in fields(spec_class) if f.init and f.name not in section]
+        if missing:  # never the spec's default: the model was trained with a value save_model wrote
+            raise c.fail(f"{where}.{missing[0]}", "is missing; retrain the model (`clustermass train`)")
     try:
         spec = ModelSpec.from_dict(model)
     except (ClusterMassError, TypeError, ValueError) as exc:
@@ -382,7 +391,9 @@ def _check_features(c: _Check, meta: Mapping[str, Any]) -> list[str]:
         for i, name in enumerate(names):
             if name not in FEATURE_NAMES:
                 raise c.fail(f"features[{i}]", f"is an unknown feature '{name}'; known: {list(FEATURE_NAMES)}")
-        feature_set = meta.get("feature_set", "full")
+        if "feature_set" not in meta:
+            raise c.fail("feature_set", "is missing; retrain the model (`clustermass train`)")
+        feature_set = meta["feature_set"]
         if feature_set not in FEATURE_SETS:
             raise c.fail("feature_set", f"expected one of {list(FEATURE_SETS)}, got {feature_set!r}")
         if feature_set != "full" and names != list(FEATURE_SETS[feature_set]):

@@ -29,7 +29,7 @@ class MSigmaFit:
     pivot: float
     scatter: float
     n: int
-    method: str = "scaling"
+    method: str  # "scaling" or "ols" (fit_msigma)
     mass_range: tuple[float, float] | None = None  # log10 M200c [Msun/h] of the hosts fitted; None: all
 
     def predict(self, sigma_v: np.ndarray) -> np.ndarray:
@@ -45,10 +45,10 @@ class MSigmaFit:
 
     @classmethod
     def from_dict(cls, data: dict) -> MSigmaFit:
-        rng = data.get("mass_range")
+        """The fit :meth:`to_dict` wrote; every key is required (``KeyError`` names the first one missing)."""
+        rng = data["mass_range"]
         return cls(float(data["intercept"]), float(data["slope"]), float(data["pivot"]), float(data["scatter"]),
-                   int(data["n"]), str(data.get("method", "scaling")),
-                   None if rng is None else (float(rng[0]), float(rng[1])))
+                   int(data["n"]), str(data["method"]), None if rng is None else (float(rng[0]), float(rng[1])))
 
 
 #: fewest observations inside ``mass_range`` to fit there; below it the whole range is fitted (tiny boxes)

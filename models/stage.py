@@ -150,7 +150,10 @@ def load_msigma(path: str | os.PathLike[str], *, pure: bool = False) -> MSigmaFi
         return MSigmaFit.from_dict(data)
     except OSError as exc:
         raise InputError(p, f"cannot read the M-sigma fit ({exc.strerror or exc})") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:
+        raise InputError(p, f"{'pure.' if pure else ''}{exc.args[0]} is missing: expected the M-sigma fit of "
+                            "`clustermass train` (retrain)") from None
+    except (ValueError, TypeError) as exc:
         raise InputError(p, f"expected the M-sigma fit of `clustermass train` ({exc.__class__.__name__}: {exc})")\
             from None
 

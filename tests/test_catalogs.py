@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import astropy.units as u
@@ -290,18 +291,19 @@ def write_version1_fits(path, cols: dict[str, np.ndarray], grid: np.ndarray, pro
     fits.HDUList([primary, cat, grid_hdu]).writeto(path)
 
 
-def test_reads_version_1_fits(tmp_path, grid, cols):
+def test_refuses_the_version_1_layout(tmp_path, grid, cols):
+    """No reader of the first layout is kept (no such catalog exists outside this repository's history): a FITS
+    file of that layout, or an HDF5 file stamped 1, is refused in one line naming it."""
     old = tmp_path / "v1.fits"
     write_version1_fits(old, cols, grid, PROVENANCE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        t = read_catalog(old)
-    assert t.meta["schema_version"] == "1"
-    assert_matches_input(t, cols, grid, PROVENANCE)
-    new = read_catalog(write_catalog(tmp_path / "v2.fits", t))  # converted to the current layout
-    assert new.meta["schema_version"] == SCHEMA_VERSION
-    t.meta["schema_version"] = SCHEMA_VERSION
-    assert_same_table(t, new)
+    with pytest.raises(CatalogError, match=rf"^{re.escape(str(old))}: catalog schema version 1 is not supported "
+                                           rf"\(this code: {SCHEMA_VERSION}\)$"):
+        read_catalog(old)
+    path = write_catalog(tmp_path / "cat.h5", cols, grid, PROVENANCE)
+    with h5py.File(path, "r+") as f:
+        f.attrs["clustermass_catalog"] = "1"
+    with pytest.raises(CatalogError, match="catalog schema version 1 is not supported"):
+        read_catalog(path)
 
 
 def test_refuses_unknown_schema_version(tmp_path, grid, cols):

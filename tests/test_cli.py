@@ -87,7 +87,7 @@ def test_missing_file_and_bad_config(tmp_path, capsys):
 
 def test_debug_shows_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--debug", "inspect", str(tmp_path / "nope.h5")],
+        [sys.executable, "-m", "clustermass", "--debug", "inspect", str(tmp_path / "nope.h5")],
         capture_output=True, text=True,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr

@@ -1,8 +1,8 @@
 """The layering rule and the code digests the flow's cache keys on, both read from the import graph.
 
 Order: pipeline < ingest < features < models < inference < catalogs < flows < clustermass (the CLI). A module may
-import its own package and those below it; ``__main__`` entry scripts (``python -m pipeline``) are the top by
-definition — nothing imports them — and are exempt.
+import its own package and those below it, with no exception (the one entry script, ``clustermass/__main__.py``,
+is in the top package).
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ def _first_cycle(graph: dict[str, frozenset[str]]) -> list[str] | None:
 
 
 def test_no_module_imports_a_package_above_its_own():
-    upward = [(m, i) for m in modules() if not m.endswith("__main__")
-              for i in imports_of(m) if layer(i) > layer(m)]
+    upward = [(m, i) for m in modules() for i in imports_of(m) if layer(i) > layer(m)]
     assert not upward, f"upward imports (order {' < '.join(LAYERS)}): {upward}"
 
 

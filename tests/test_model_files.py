@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from clustermass.cli import main
@@ -19,7 +21,6 @@ from models.io import (
     CONTENT_KEY,
     MODEL_JSON,
     content_digest,
-    integrity_warning,
     load_model,
     read_description,
     save_model,
@@ -103,7 +104,6 @@ def test_a_saved_model_carries_its_digest_and_loads(model_dir):
     model = load_model(model_dir)
     assert model.feature_names == FEATURE_SETS["full"]
     assert read_description(model_dir)["feature_set"] == "full"
-    assert integrity_warning(model_dir, meta) is None
 
 
 def test_the_digest_ignores_wall_clock_timings_only():
@@ -195,6 +195,11 @@ SCHEMA_CASES = {
     "duplicate feature": (_duplicate_feature, r"features\[4\] repeats features\[1\]"),
     "features not a list": (_set("features", "n_members"), r"features: expected a non-empty list"),
     "unknown feature set": (_set("feature_set", "everything"), r"feature_set: expected one of"),
+    # missing keys are refused, never defaulted (a model written without them would be read as something else)
+    "no feature set": (_drop("feature_set"), r"feature_set is missing; retrain the model"),
+    "no epistemic method": (_drop("training.epistemic"), r"training\.epistemic is missing; retrain the model"),
+    "no ensemble size": (_drop("training.ensemble"), r"training\.ensemble is missing; retrain the model"),
+    "no hidden widths": (_drop("model.hidden"), r"model\.hidden is missing; retrain the model"),
     "prior not normalised": (_scale_prior, r"training_prior\.density must integrate to 1 over its grid .* got 1\.3"),
     "negative prior": (_negative_prior, r"training_prior\.density\[3\] must be finite and >= 0, got -0\.5"),
     "NaN prior": (_set("training_prior.density[7]", math.nan), r"training_prior\.density\[7\] must be finite"),
@@ -309,13 +314,61 @@ def test_a_traversing_member_name_is_never_opened(model_dir, monkeypatch):
     assert not any("passwd" in p for p in opened)
 
 
-def test_a_model_written_before_digests_is_read_with_a_warning(model_dir):
+@pytest.mark.parametrize("edited", [False, True], ids=["as-trained", "edited"])
+def test_a_description_without_its_digest_is_refused(model_dir, edited):
+    """Deleting the key must not switch the tamper check off: refused in one line naming the file, retrain."""
     meta = _meta(model_dir)
     del meta[CONTENT_KEY]
+    if edited:
+        meta["feature_scaler"]["std"][0] *= 2
     (model_dir / MODEL_JSON).write_text(json.dumps(meta))
-    assert load_model(model_dir).feature_names == FEATURE_SETS["full"]
-    warning = integrity_warning(model_dir, read_description(model_dir))
-    assert warning is not None and "no content_sha256" in warning and "retrain" in warning
+    message = rf"^{re.escape(str(model_dir / MODEL_JSON))}: content_sha256 is missing: .*; retrain the model"
+    for read in (load_model, read_description):
+        with pytest.raises(InputError, match=message):
+            read(model_dir)
+
+
+def test_a_model_of_unknown_feature_set_is_refused_not_guessed(tmp_path, capsys):
+    """A description with neither feature_set nor observations passes the schema (a bare save_model), but query and
+    the catalog stage need the feature set: refused in one line, never guessed from the feature names."""
+    from catalogs.stage import catalog_stage
+
+    root = build_run_models(tmp_path / "model")
+    meta = _meta(root / "flow")
+    del meta["feature_set"], meta["observations"]
+    write_description(root / "flow", meta)
+    members = tmp_path / "m.csv"
+    _, r, v, m, _ = toy_clusters(1, seed=3)
+    np.savetxt(members, np.column_stack([r, v, m]), delimiter=",", header="r_proj,v_los,log10_mstar", comments="")
+    code = main(["query", "--model", str(root), "--members", str(members)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == f"error: {root / 'flow' / MODEL_JSON}: feature_set is missing: not a model of `clustermass train` " \
+                  "(retrain it)\n"
+    offsets, r, v, m, mass = toy_clusters(4, seed=5)
+    table = pd.DataFrame(compute_features(offsets, r, v, m, r_aperture=R_APERTURE))
+    table["cluster_id"], table["los"], table["log10_m200c_true"] = np.arange(4), 0, mass
+    with pytest.raises(InputError, match=r"flow/model\.json: feature_set is missing"):
+        catalog_stage(table, root, tmp_path / "out", prior="flat", snapshot=SNAPSHOT)
+
+
+@pytest.mark.parametrize("key", ["method", "mass_range", "slope"])
+def test_an_msigma_fit_missing_a_key_is_refused(tmp_path, key):
+    from models.msigma import fit_msigma
+    from models.stage import load_msigma
+
+    rng = np.random.default_rng(1)
+    logm = rng.uniform(14.0, 15.0, 50)
+    fit = fit_msigma(500.0 * 10 ** ((logm - 14.0) / 3.0), logm).to_dict()
+    path = tmp_path / "msigma.json"
+    path.write_text(json.dumps({**fit, "pure": fit}))
+    assert load_msigma(path) == load_msigma(path, pure=True) == fit_msigma(500.0 * 10 ** ((logm - 14.0) / 3.0), logm)
+    for pure, document in ((False, {**{k: v for k, v in fit.items() if k != key}, "pure": fit}),
+                           (True, {**fit, "pure": {k: v for k, v in fit.items() if k != key}})):
+        path.write_text(json.dumps(document))
+        with pytest.raises(InputError, match=rf"msigma\.json: {'pure.' if pure else ''}{key} is missing: expected "
+                                             r"the M-sigma fit of `clustermass train` \(retrain\)$"):
+            load_msigma(path, pure=pure)
 
 
 def test_query_refuses_a_tampered_model_in_one_line(tmp_path, capsys):
@@ -330,7 +383,7 @@ def test_query_refuses_a_tampered_model_in_one_line(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err == f"error: {root / 'flow' / MODEL_JSON}: feature_scaler.std[3] must be finite and > 0, got 0\n"
-    # an old model (no digest) answers, with the warning on stderr and in the JSON
+    # a model without its digest is refused the same way
     meta["feature_scaler"]["std"][3] = 1.0
     write_description(root / "flow", meta)
     meta = _meta(root / "dynamics" / "flow")
@@ -338,8 +391,9 @@ def test_query_refuses_a_tampered_model_in_one_line(tmp_path, capsys):
     (root / "dynamics" / "flow" / MODEL_JSON).write_text(json.dumps(meta))
     code = main(["query", "--model", str(root), "--members", str(members), "--inputs", "dynamics", "--json"])
     out, err = capsys.readouterr()
-    assert code == 0, err
-    assert "has no content_sha256" in err and any("no content_sha256" in w for w in json.loads(out)["warnings"])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {root / 'dynamics' / 'flow' / MODEL_JSON}: content_sha256 is missing") \
+        and "retrain" in err
 
 
 def test_a_full_disk_while_saving_leaves_the_previous_model_and_no_partial(model_dir, monkeypatch):

@@ -147,7 +147,7 @@ def test_killed_run_resumes_to_identical_catalogs(first_run, tmp_path):
     cfg, reference, _ = first_run
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "clustermass", "run", "--config", str(cfg), "--out", str(out),
                              "--quiet"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
@@ -182,7 +182,7 @@ def test_bad_input_inside_the_flow_is_one_error_line_and_not_retried(tmp_path):
     cfg = tmp_path / "bad.toml"
     # v_cut: a 1200 km/s cylinder is 25 Mpc/h deep at z = 0.117, within half this 60 Mpc/h box
     cfg.write_text('[input]\nhalos = "box/halos.h5"\ngalaxies = "box/galaxies.h5"\n[observe]\nv_cut = 1200.0\n')
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(cfg), "--out",
+    proc = subprocess.run([sys.executable, "-m", "clustermass", "run", "--config", str(cfg), "--out",
                            str(tmp_path / "run"), "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
