@@ -8,9 +8,12 @@ every key resolve against the configuration file's folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from conftest import fake_table
 
 from clustermass.cli import main
 from features.config import ObserveSection
-from flows.config import DEFAULT_RUN_DIR, load_config, parse_config
+from flows.config import DEFAULT_RUN_DIR, check_output_dir, load_config, parse_config
 from ingest.schema import GALAXIES, HALOS
 from pipeline.config import check_number
 from pipeline.errors import ConfigError, InputError
@@ -277,12 +280,37 @@ def test_every_relative_path_is_relative_to_the_configuration_folder(tmp_path, m
     assert f"run directory: {elsewhere / 'mine'}" in capsys.readouterr().out
 
 
-def test_unwritable_output_directory_is_refused(tmp_path, capsys):
-    if os.geteuid() == 0:
-        pytest.skip("root may write anywhere")
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    assert main(["synth", "--out", str(locked / "box")]) == 2
+@contextlib.contextmanager
+def real_user(uid: int = 65534) -> Iterator[None]:
+    """Root may write anywhere, and CI runs the tests as root: there, make ``uid`` (nobody) the real user and group
+    for the block, whom ``os.access`` answers for, keeping root as the effective one (files, imports). Nothing to do
+    for anyone else."""
+    if os.geteuid() != 0:
+        yield
+        return
+    uids, gids = os.getresuid(), os.getresgid()
+    os.setresgid(uid, gids[1], gids[2])
+    os.setresuid(uid, uids[1], uids[2])
+    try:
+        yield
+    finally:
+        os.setresuid(*uids)
+        os.setresgid(*gids)
+
+
+def test_unwritable_output_directory_is_refused(capsys):
+    # in a folder any user may enter (tmp_path's parents are private to whoever runs the tests)
+    with tempfile.TemporaryDirectory() as top:
+        Path(top).chmod(0o755)
+        locked, unlocked = Path(top) / "locked", Path(top) / "unlocked"
+        locked.mkdir()
+        unlocked.mkdir()
+        locked.chmod(0o555)
+        unlocked.chmod(0o777)
+        with real_user():
+            check_output_dir(unlocked / "box", key="--out", writable=True)  # a folder this user may write passes
+            # a 20 Mpc/h box: a few seconds, should the check ever let it run
+            assert main(["synth", "--out", str(locked / "box"), "--box-size", "20", "--quiet"]) == 2
     assert capsys.readouterr().err.startswith("error: synth --out: expected a directory this user can write")
 
 
