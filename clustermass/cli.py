@@ -46,17 +46,20 @@ def _section_default(section: object, key: str) -> str:
     return f"[{section.__class__.__name__.removesuffix('Section').lower()}] {key} = {getattr(section, key)!r}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    fmt = _HelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="clustermass",
-        description="Galaxy-cluster masses from member galaxies, with honest posteriors.",
-        formatter_class=fmt,
-    )
-    parser.add_argument("--version", action="version", version=f"clustermass {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _section_options(p: argparse.ArgumentParser, section: object,
+                     options: Sequence[tuple[str, str, type, str]]) -> None:
+    """Options that override one key of a configuration section each, as (flag, key, type, help text): absent (None),
+    the configuration's value holds; the help quotes the section's default."""
+    for flag, key, kind, text in options:
+        p.add_argument(flag, type=kind, default=None, dest=key,
+                       help=f"{text} (default: the configuration's, else {_section_default(section, key)})")
 
+
+def _quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_synth(sub: Any) -> None:
     p = sub.add_parser(
         "synth",
         help="write a synthetic MultiDark-style box (Rockstar halos + UniverseMachine galaxies)",
@@ -65,21 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
         "[synth] redshift says otherwise): Tinker08 halos with Tinker10 clustering, Jiang & van den Bosch 16 "
         "subhalos, Moster13 stellar masses, Evrard08 velocities, and a galaxy-halo connection drawn per host from "
         "published ranges ([synth] satellite_abundance, velocity_bias, ...: a number fixes it).",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--config", type=Path, default=None,
                    help="TOML configuration whose [synth] section defines the box (box size, redshift, the galaxy "
                         "physics: fixed values or per-host ranges); the options below override it")
-    for flag, key, kind, text in (
+    _section_options(p, _SYNTH, (
         ("--box-size", "box_size", float, "box side, comoving Mpc/h"),
         ("--seed", "seed", int, "random seed (same seed, same box)"),
         ("--log10-mmin", "log10_mmin", float, "lightest distinct halo, log10 M200c [Msun/h]"),
         ("--min-log10-mstar", "min_log10_mstar", float, "lightest galaxy written, log10 M* [Msun]"),
         ("--workers", "workers", int, "processes generating cells (speed only)"),
-    ):
-        p.add_argument(flag, type=kind, default=None, dest=key,
-                       help=f"{text} (default: the configuration's, else {_section_default(_SYNTH, key)})")
+    ))
     p.add_argument(
         "--format",
         default=None,
@@ -88,13 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         "native: halos.list + UniverseMachine binary galaxies.bin; csv: CosmoSim CSV halos.csv + galaxies.bin "
         f"(default: the configuration's, else {_section_default(_SYNTH, 'format')})",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _quiet(p)
     p.set_defaults(func=cmd_synth)
 
+
+def _add_inspect(sub: Any) -> None:
     p = sub.add_parser(
         "inspect",
         help="read and validate a halo or galaxy catalog; print its snapshot, rows, columns and units",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("file", type=Path, help="catalog file (hlist .list, CosmoSim .csv, .h5, UniverseMachine .bin/.txt)")
     p.add_argument("--kind", choices=["halos", "galaxies"], default=None, help="default: guessed from the name")
@@ -103,19 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_inspect)
 
+
+def _add_observe(sub: Any) -> None:
     p = sub.add_parser(
         "observe",
         help="mock observations: galaxies in cylinders around every host, features and member arrays",
         description="Writes OUT/observations/ (the feature table, Parquet) and OUT/members.h5 (member arrays). "
         "Defaults follow Ho et al. (2019).",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--halos", type=Path, required=True, help="halo catalog (hlist, CosmoSim CSV, HDF5)")
     p.add_argument("--galaxies", type=Path, required=True, help="galaxy catalog (UniverseMachine .bin/.txt, HDF5)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--config", type=Path, default=None, help="TOML with [snapshot] and [observe] (options override)")
-    o = _OBSERVE
-    for flag, key, kind, text in (
+    _section_options(p, _OBSERVE, (
         ("--r-aperture", "r_aperture", float, "projected aperture, comoving Mpc/h"),
         ("--v-cut", "v_cut", float, "|v_los| window, km/s"),
         ("--min-members", "min_members", int, "drop observations with fewer members"),
@@ -126,19 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("--extra-log10-m200c-min", "extra_log10_m200c_min", float, "log10 M200c Msun/h"),
         ("--regions", "regions_per_side", int, "regions per side per line of sight"),
         ("--workers", "workers", int, "threads running region tasks"),
-    ):
-        p.add_argument(flag, type=kind, default=None, dest=key,
-                       help=f"{text} (default: the configuration's, else {_section_default(o, key)})")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    ))
+    _quiet(p)
     p.set_defaults(func=cmd_observe)
 
+
+def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train a model (mdn, flow or mse) and the M-sigma baseline on mock observations",
         description="Reads DIR/observations (from `observe` or `run`), holds out --test-fraction of the hosts, "
         "trains on the rest (validation split by host, early stopping) and writes OUT/<kind>/, OUT/msigma.json and "
         "OUT/split.json.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -146,18 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", choices=list(KINDS), default=None,
                    help=f"model(s) to train; repeat for several (default: the configuration's, else "
                         f"{_section_default(_TRAIN, 'models')})")
-    for flag, key, kind, text in (
+    _section_options(p, _TRAIN, (
         ("--ensemble", "ensemble", int, "deep-ensemble members"),
         ("--max-epochs", "max_epochs", int, "epochs at most (early stopping)"),
         ("--batch-size", "batch_size", int, "examples per step"),
         ("--test-fraction", "test_fraction", float, "fraction of hosts held out"),
         ("--seed", "seed", int, "seed of weights, data order and splits"),
-    ):
-        p.add_argument(flag, type=kind, default=None, dest=key,
-                       help=f"{text} (default: the configuration's, else {_section_default(_TRAIN, key)})")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    ))
+    _quiet(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_infer(sub: Any) -> None:
     p = sub.add_parser(
         "infer",
         help="posterior mass catalogs (catalog.h5, catalog.fits): every observation of an observation set, or real "
@@ -166,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(CSV/ECSV/FITS/HDF5: ra, dec [deg], z, optional log10_mstar [log10 Msun]) with --clusters CENTRES "
                     "(id, ra, dec, z): the richest model whose inputs the galaxy table provides answers for every "
                     "cluster; rows that cannot be used are skipped and named.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     _model_stage_arguments(p, out="directory for catalog.h5 and catalog.fits", use="which model fills the catalog",
                            observations_required=False)
@@ -177,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out-only", action="store_true", help="only the hosts the model never saw in training")
     p.set_defaults(func=cmd_infer)
 
+
+def _add_validate(sub: Any) -> None:
     p = sub.add_parser(
         "validate",
         help="accuracy and calibration on the held-out hosts: metrics.json and plots",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     _model_stage_arguments(p, out="directory for metrics.json and the PNG plots", use="the main model")
     p.add_argument("--hosts", choices=("held-out", "all"), default="held-out",
@@ -189,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "physics); on the training box itself `all` would score hosts it was trained on")
     p.set_defaults(func=cmd_validate)
 
+
+def _add_query(sub: Any) -> None:
     p = sub.add_parser(
         "query",
         help="posterior mass of one cluster from its member galaxies",
@@ -196,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "[Mpc/h] and v_los [km/s] (one system); plus log10_mstar [log10 Msun]. Units the file states are converted; "
         "ranges, empty cells, non-numbers and repeated rows are refused with one line. Applies the model's training "
         "cylinder and features, and prints the posterior of log10 M200c [Msun/h] under the chosen prior.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--model", type=Path, required=True,
                    help="model directory (model.json), or a run's model/ directory (flow/ preferred, else mdn/)")
@@ -213,15 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the posterior PDF to this PNG (checked before computing; its folder is created)")
     p.set_defaults(func=cmd_query)
 
+
+def _add_run(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="run the pipeline as the Prefect flow mass_catalog: cached stages, resumable (default: the embedded "
              "synthetic box)",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--config", type=Path, default=None, help="TOML configuration (default: embedded defaults)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: [output] dir = runs/default)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _quiet(p)
     p.add_argument("--dry-run", action="store_true",
                    help="validate the configuration and print where the tasks would run (with the SLURM job script "
                         "for [runner] kind = \"slurm\"); start nothing")
@@ -229,6 +239,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute every stage and hash every input again, whatever the run directory's cache "
                         "holds (the cache is refreshed)")
     p.set_defaults(func=cmd_run)
+
+
+#: the sub-commands in the order ``clustermass --help`` lists them, each added by its own function
+_COMMANDS = (_add_synth, _add_inspect, _add_observe, _add_train, _add_infer, _add_validate, _add_query, _add_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``clustermass`` parser: the global options, then one sub-command per ``_add_<command>`` function."""
+    parser = argparse.ArgumentParser(
+        prog="clustermass",
+        description="Galaxy-cluster masses from member galaxies, with honest posteriors.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"clustermass {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
     return parser
 
 
