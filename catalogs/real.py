@@ -173,7 +173,7 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
             FITSCatalogWriter(paths[1], len(table), setup.grid, _names(table, setup.grid), provenance) as fits:
         for block in setup.blocks(x, chunk=CHUNK):
             sl = slice(block.start, block.start + len(block.pdf))
-            diag = diagnose(x[sl], setup.grid, block.pdf, table.iloc[sl], far_redshift=far[sl])
+            diag = diagnose(x[sl], setup.grid, block.pdf, table.iloc[sl], far_redshift=far[sl], posterior=block.flags)
             cols = catalog_columns(table.iloc[sl], block.values, block.pdf, diag)
             h5.append(cols)
             fits.append(cols)

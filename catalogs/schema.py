@@ -120,7 +120,8 @@ COLUMNS: tuple[CatalogColumn, ...] = (
     CatalogColumn("edge_mass", "float32", "", "posterior probability within 0.05 dex of either grid edge",
                   required=False),
     CatalogColumn("flags", "int32", "", "diagnostic bits: 1 out of distribution, 2 grid edge, 4 few members, "
-                  "8 redshift, 16 richness extrapolated", required=False),
+                  "8 redshift, 16 richness extrapolated, 32 invalid network output (NaN pdf and summaries), "
+                  "64 no support on the grid (flat pdf)", required=False),
     CatalogColumn("model_inputs", "int16", "", "which model answered: 1 dynamics only, 2 + richness, "
                   "3 + stellar masses", required=False),
 )

@@ -85,7 +85,8 @@ def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: s
         for block in setup.blocks(x, chunk=chunk):
             part = table.iloc[block.start:block.start + len(block.pdf)]
             xb = x[block.start:block.start + len(block.pdf)]
-            cols = catalog_columns(part, block.values, block.pdf, diagnose(xb, setup.grid, block.pdf, part))
+            cols = catalog_columns(part, block.values, block.pdf,
+                                   diagnose(xb, setup.grid, block.pdf, part, posterior=block.flags))
             h5.append(cols)
             fits.append(cols)
     return paths
@@ -101,8 +102,9 @@ class Diagnostics:
         self.uses_richness = uses_richness
 
     def __call__(self, x: np.ndarray, grid: np.ndarray, pdf: np.ndarray, rows: pd.DataFrame, *,
-                 far_redshift: np.ndarray | bool = False) -> dict[str, np.ndarray]:
-        """The columns of rows with features ``x`` (raw), posteriors ``pdf`` on ``grid`` and catalog ``rows``."""
+                 far_redshift: np.ndarray | bool = False, posterior: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The columns of rows with features ``x`` (raw), posteriors ``pdf`` on ``grid`` and catalog ``rows``;
+        ``posterior``: the flag bits of the posterior evaluation (``PosteriorBlock.flags``)."""
         n = len(x)
         ood = ood_score(x, self.stats) if self.stats else np.ones(n)
         edge = edge_mass(grid, pdf)
@@ -110,7 +112,8 @@ class Diagnostics:
         few = count < self.members[0] if self.members else np.zeros(n, bool)
         rich = (count > self.members[1]) & self.uses_richness if self.members else np.zeros(n, bool)
         return {"ood_score": ood.astype(np.float32), "edge_mass": edge.astype(np.float32),
-                "flags": flag_bits(ood, edge, few_members=few, far_redshift=far_redshift, rich=rich),
+                "flags": flag_bits(ood, edge, few_members=few, far_redshift=far_redshift, rich=rich,
+                                   posterior=posterior),
                 "model_inputs": np.full(n, self.code, np.int16)}
 
 

@@ -22,6 +22,11 @@ bit    name                     set when
 4      ``FEW_MEMBERS``          fewer members than every training observation had
 8      ``REDSHIFT``             the cluster is further than the tolerance from the model's snapshot redshift
 16     ``RICHNESS``             more members than any training observation had (richness extrapolated)
+32     ``INVALID_OUTPUT``       the network's log density is NaN or +inf on the grid (a bug or a corrupt
+                                model): the pdf and every summary are NaN
+                                (:func:`inference.posterior.posterior_flags`)
+64     ``NO_SUPPORT``           the corrected density is zero everywhere on the grid: the pdf is flat and its
+                                summaries say nothing about the cluster
 =====  =======================  ===========================================================================
 """
 
@@ -32,7 +37,8 @@ import numpy as np
 OOD_LIMIT = 1e-3
 EDGE_WIDTH_DEX = 0.05
 EDGE_MASS_LIMIT = 0.01
-FLAGS: dict[str, int] = {"OUT_OF_DISTRIBUTION": 1, "GRID_EDGE": 2, "FEW_MEMBERS": 4, "REDSHIFT": 8, "RICHNESS": 16}
+FLAGS: dict[str, int] = {"OUT_OF_DISTRIBUTION": 1, "GRID_EDGE": 2, "FEW_MEMBERS": 4, "REDSHIFT": 8, "RICHNESS": 16,
+                         "INVALID_OUTPUT": 32, "NO_SUPPORT": 64}
 
 
 def edge_mass(grid: np.ndarray, pdf: np.ndarray, width: float = EDGE_WIDTH_DEX) -> np.ndarray:
@@ -47,8 +53,10 @@ def edge_mass(grid: np.ndarray, pdf: np.ndarray, width: float = EDGE_WIDTH_DEX) 
 
 
 def flag_bits(ood: np.ndarray, edge: np.ndarray, *, few_members: np.ndarray | None = None,
-              far_redshift: np.ndarray | bool = False, rich: np.ndarray | None = None) -> np.ndarray:
-    """The ``flags`` integer of each row from its diagnostics (see the module's table)."""
+              far_redshift: np.ndarray | bool = False, rich: np.ndarray | None = None,
+              posterior: np.ndarray | None = None) -> np.ndarray:
+    """The ``flags`` integer of each row from its diagnostics (see the module's table); ``posterior``: the bits
+    the posterior evaluation set (``INVALID_OUTPUT``, ``NO_SUPPORT``; ``PosteriorBlock.flags``)."""
     ood = np.asarray(ood)
     out = np.where(ood < OOD_LIMIT, FLAGS["OUT_OF_DISTRIBUTION"], 0)
     out |= np.where(np.asarray(edge) > EDGE_MASS_LIMIT, FLAGS["GRID_EDGE"], 0)
@@ -57,6 +65,8 @@ def flag_bits(ood: np.ndarray, edge: np.ndarray, *, few_members: np.ndarray | No
     out |= np.where(np.broadcast_to(far_redshift, ood.shape), FLAGS["REDSHIFT"], 0)
     if rich is not None:
         out |= np.where(rich, FLAGS["RICHNESS"], 0)
+    if posterior is not None:
+        out |= np.asarray(posterior) & (FLAGS["INVALID_OUTPUT"] | FLAGS["NO_SUPPORT"])
     return out.astype(np.int32)
 
 

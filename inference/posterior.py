@@ -7,8 +7,13 @@ set's own mass distribution. For a target prior:
 
 Edge rule: p_train (a KDE of the training labels) falls towards zero at the edges of the training range, where
 the ratio would blow up on noise. It is floored at ``P_TRAIN_FLOOR`` (1e-3) times its maximum before dividing, so
-the correction is at most a factor 1000 and no NaN or inf can appear; everything is computed in log space and
-each row is shifted by its maximum before exponentiating.
+the correction is at most a factor 1000 and adds no NaN or inf; everything is computed in log space and each row is
+shifted by its maximum before exponentiating.
+
+Rows that are not posteriors are never passed off as ones (:func:`posterior_flags`, bits of
+:data:`inference.diagnostics.FLAGS`): a network log density that is NaN or +inf anywhere on the grid (a bug or a
+corrupt model) gives a NaN pdf and NaN summaries, flag ``INVALID_OUTPUT``; a corrected log density that is -inf
+everywhere (no probability on the grid) gives a flat pdf, flag ``NO_SUPPORT``.
 
 Units: log10 M200c in dex of Msun/h; densities per dex.
 """
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from inference import summaries
+from inference.diagnostics import FLAGS
 from inference.priors import TargetPrior, resolve
 from models.model import TrainedModel, grid_density
 from pipeline.snapshot import Snapshot
@@ -62,15 +68,32 @@ def log_prior_ratio(p_train: np.ndarray, prior: TargetPrior) -> np.ndarray:
     return np.asarray(prior.log_density, dtype=np.float64) - np.log(np.maximum(p, floor))
 
 
+def _invalid(log_p: jax.Array) -> jax.Array:
+    """Rows (B,) holding a NaN or +inf log density: not a density at all."""
+    return jnp.any(jnp.isnan(log_p) | (log_p == jnp.inf), axis=1)
+
+
 @jax.jit
 def normalise(log_p: jax.Array, grid: jax.Array) -> jax.Array:
-    """exp(log_p) normalised per row on the grid; rows that are -inf everywhere become flat."""
-    top = jnp.max(log_p, axis=1, keepdims=True)
+    """exp(log_p) normalised per row on the grid. A row holding NaN or +inf is NaN throughout; a row that is -inf
+    everywhere (no probability on the grid) is flat (:func:`posterior_flags` flags both)."""
+    invalid = _invalid(log_p)[:, None]
+    top = jnp.max(jnp.where(invalid, 0.0, log_p), axis=1, keepdims=True)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     p = jnp.exp(jnp.where(jnp.isfinite(log_p), log_p - top, -jnp.inf))
     norm = jnp.trapezoid(p, grid, axis=1)[:, None]
     flat = jnp.ones_like(p) / (grid[-1] - grid[0])
-    return jnp.where(norm > 0, p / jnp.where(norm > 0, norm, 1.0), flat)
+    return jnp.where(invalid, jnp.nan, jnp.where(norm > 0, p / jnp.where(norm > 0, norm, 1.0), flat))
+
+
+@jax.jit
+def posterior_flags(log_q: jax.Array, log_p: jax.Array) -> jax.Array:
+    """Flag bits (B,) int32 of rows that are not posteriors: ``INVALID_OUTPUT`` where the network's log density
+    ``log_q`` (B, G) is NaN or +inf anywhere, else ``NO_SUPPORT`` where the corrected ``log_p`` is -inf everywhere."""
+    invalid = _invalid(log_q) | _invalid(log_p)
+    empty = jnp.all(log_p == -jnp.inf, axis=1) & ~invalid
+    return (jnp.where(invalid, FLAGS["INVALID_OUTPUT"], 0) | jnp.where(empty, FLAGS["NO_SUPPORT"], 0)).astype(
+        jnp.int32)
 
 
 @partial(jax.jit, static_argnames=())
@@ -79,10 +102,13 @@ def posterior_block(log_q: jax.Array, log_ratio: jax.Array, grid: jax.Array) -> 
 
     ``log_q``: (B, G) network log densities; ``log_ratio``: (G,) from :func:`log_prior_ratio`.
     Returns ``pdf`` (B, G) corrected, ``raw_pdf`` (B, G) uncorrected, the corrected summaries
-    (:data:`SUMMARY_NAMES`; the mode is the highest density inside the central 95% interval) and
-    ``uncorrected_mode``, ``uncorrected_mean``.
+    (:data:`SUMMARY_NAMES`; the mode is the highest density inside the central 95% interval),
+    ``uncorrected_mode``, ``uncorrected_mean`` and ``flags`` (:func:`posterior_flags`); every pdf and summary of an
+    ``INVALID_OUTPUT`` row is NaN.
     """
-    pdf = normalise(log_q + log_ratio[None, :], grid)
+    log_p = log_q + log_ratio[None, :]
+    flags = posterior_flags(log_q, log_p)
+    pdf = normalise(log_p, grid)
     raw = normalise(log_q, grid)
     q = summaries.quantiles(grid, pdf, (0.025, 0.16, 0.5, 0.84, 0.975))
     mean, std = summaries.mean_std(grid, pdf)
@@ -90,9 +116,7 @@ def posterior_block(log_q: jax.Array, log_ratio: jax.Array, grid: jax.Array) -> 
     # the mode is the highest density inside the central 95% interval, so it always lies within it (a density
     # piled against the grid's edge could otherwise peak outside its own interval)
     inside = (grid[None, :] >= q[:, :1]) & (grid[None, :] <= q[:, 4:5])
-    return {
-        "pdf": pdf,
-        "raw_pdf": raw,
+    values = {
         "mode": jnp.clip(summaries.mode(grid, jnp.where(inside, pdf, 0.0)), q[:, 0], q[:, 4]),
         "median": q[:, 2],
         "mean": mean,
@@ -104,16 +128,21 @@ def posterior_block(log_q: jax.Array, log_ratio: jax.Array, grid: jax.Array) -> 
         "uncorrected_mode": summaries.mode(grid, raw),
         "uncorrected_mean": raw_mean,
     }
+    invalid = (flags & FLAGS["INVALID_OUTPUT"]) != 0  # a mode of NaN would otherwise read as the grid's first point
+    return {"pdf": pdf, "raw_pdf": raw, "flags": flags,
+            **{name: jnp.where(invalid, jnp.nan, value) for name, value in values.items()}}
 
 
 @dataclass(frozen=True)
 class PosteriorBlock:
-    """Rows ``start:start + len`` of the posteriors: ``pdf`` (b, G) and summaries (b,), numpy float32; ``raw_pdf``
-    (b, G), the uncorrected posterior, when asked for."""
+    """Rows ``start:start + len`` of the posteriors: ``pdf`` (b, G) and summaries (b,), numpy float32; ``flags``
+    (b,) int32, the rows that are not posteriors (:func:`posterior_flags`); ``raw_pdf`` (b, G), the uncorrected
+    posterior, when asked for."""
 
     start: int
     pdf: np.ndarray
     values: dict[str, np.ndarray]
+    flags: np.ndarray
     raw_pdf: np.ndarray | None = None
 
 
@@ -147,9 +176,11 @@ def iter_posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior:
         if rows < chunk and n > chunk:
             xb = np.pad(xb, ((0, chunk - rows), (0, 0)))
         out = posterior_block(density(xb), ratio, g)
-        values = {k: np.asarray(v[:rows], dtype=np.float32) for k, v in out.items() if k not in ("pdf", "raw_pdf")}
+        values = {k: np.asarray(v[:rows], dtype=np.float32) for k, v in out.items()
+                  if k not in ("pdf", "raw_pdf", "flags")}
         raw = np.asarray(out["raw_pdf"][:rows], dtype=np.float32) if with_raw else None
-        return PosteriorBlock(start, np.asarray(out["pdf"][:rows], dtype=np.float32), values, raw)
+        return PosteriorBlock(start, np.asarray(out["pdf"][:rows], dtype=np.float32), values,
+                              np.asarray(out["flags"][:rows], dtype=np.int32), raw)
 
     starts = range(0, n, chunk)
     workers = min(_workers(), len(starts))

@@ -17,7 +17,7 @@ import numpy as np
 from features.definitions import compute_features
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS
 from features.sky import estimate_centre, project
-from inference.diagnostics import OOD_LIMIT, edge_mass, flag_bits, flag_names
+from inference.diagnostics import FLAGS, OOD_LIMIT, edge_mass, flag_bits, flag_names
 from inference.member_table import PROJECTED, SKY, MemberFile, check_centre, load_members, open_members, unit_notes
 from inference.posterior import prepare, summary_columns
 from inference.priors import DEFAULT_PRIOR
@@ -231,11 +231,17 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, memb
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         block = next(setup.blocks(x))
+    if block.flags[0] & FLAGS["INVALID_OUTPUT"]:  # one cluster: no answer rather than a NaN one
+        raise InputError(model_dir, "the network's log density is NaN or infinite for these members' features (flag "
+                                    "INVALID_OUTPUT): a bug or a corrupt model; retrain it")
     stats = description.get("typicality")
     ood = float(ood_score(x, stats)[0]) if stats else None
     edge = float(edge_mass(setup.grid, block.pdf)[0])
     flags = int(flag_bits(np.array([1.0 if ood is None else ood]), np.array([edge]), few_members=np.array([few]),
-                          far_redshift=bool(far), rich=np.array([rich]))[0])
+                          far_redshift=bool(far), rich=np.array([rich]), posterior=block.flags)[0])
+    if flags & FLAGS["NO_SUPPORT"]:
+        notes.append("flag NO_SUPPORT: the corrected posterior is zero everywhere on the grid (the target prior "
+                     "excludes every mass the model allows); the flat posterior says nothing about this cluster")
     for name in flag_names(flags):
         if name in ("OUT_OF_DISTRIBUTION", "GRID_EDGE"):
             notes.append(f"flag {name}: " + (f"ood_score {ood:.2g} (< {OOD_LIMIT:g}: the features are unlike the "
