@@ -41,7 +41,7 @@ from inference.query import ABSOLUTE_MIN_MEMBERS, REDSHIFT_TOLERANCE, choose_mod
 from inference.selection import require_magnitudes, select_members, uses_stellar_masses
 from models.io import load_model
 from pipeline.errors import InputError
-from pipeline.provenance import code_version, model_digest, now
+from pipeline.provenance import code_version, digest_files, digest_json, model_digest, now
 from pipeline.snapshot import Snapshot
 
 
@@ -58,6 +58,22 @@ class RealReport:
     considered: list[dict[str, Any]] = field(default_factory=list)
     #: warnings and unit conversions, one line each
     notes: list[str] = field(default_factory=list)
+
+
+def config_digest(prior: str, far_redshift: str, feature_set: str, cylinder: dict[str, Any]) -> str:
+    """The provenance's ``config_digest`` of a real catalog: the SHA-256 of what configured it, as a run's catalog
+    carries the digest of its configuration. That is the options (the target prior, by name or, for a table file,
+    by its content; the ``--far-redshift`` policy) and the selection that made the members (the model's feature
+    set and cylinder, the fewest members kept and the redshift tolerance). The model and the data are not
+    configuration: the model has its own key (``model_digest``) and ``rows`` names the two files."""
+    prior_file = Path(prior)
+    return digest_json({
+        "command": "infer",
+        "prior": {"table_sha256": digest_files([prior_file])} if prior_file.is_file() else prior,
+        "far_redshift": far_redshift,
+        "selection": {"feature_set": feature_set, "cylinder": cylinder, "min_members": ABSOLUTE_MIN_MEMBERS,
+                      "redshift_tolerance": REDSHIFT_TOLERANCE},
+    })
 
 
 def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.PathLike[str],
@@ -156,7 +172,8 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
     setup = prepare(model, prior, snapshot=snap)
     far = np.abs(c_z[rows_arr] - snap.redshift) > REDSHIFT_TOLERANCE
     provenance = {
-        "code_version": code_version(), "config_digest": "", "model": str(directory),
+        "code_version": code_version(), "config_digest": config_digest(prior, far_redshift, feature_set, cyl),
+        "model": str(directory),
         "model_digest": model_digest(directory), "training_data_sha256": model.data_digest,
         "target_prior": setup.target.name,
         "training_prior": f"KDE of {model.training_prior.n_train} training log10 M200c",
