@@ -141,6 +141,7 @@ def _read(
     )
     catalog = Catalog(frame, snap, source, schema)
     if validate:
+        check_rows_fill_box(catalog, loader)
         check_unique_ids(catalog)
     return catalog
 
@@ -193,6 +194,41 @@ def _load_partition(
     if list(frame.columns) != keep:
         frame = frame[keep]
     return frame
+
+
+POSITIONS = ("x", "y", "z")
+
+
+def check_rows_fill_box(catalog: Catalog, load: partial) -> None:
+    """Refuse a catalog with no rows, or one whose positions all lie in the origin corner of the box it declares
+    (a unit error: Mpc/h values labelled kpc/h; the rule is :func:`ingest.checks.corner_witness`).
+
+    ``load`` reads one partition normalised and checked (``_load_partition`` with the catalog's factors). Partitions
+    are read one by one until a row outside the corner turns up -- in a sound catalog that is the first partition,
+    so the happy path costs one partition of positions; only a refused catalog is read whole.
+    """
+    box = catalog.snapshot.box_size
+    rows = 0
+    top = np.zeros(len(POSITIONS))
+    for spec in catalog.source.parts:
+        positions = load(spec, columns=POSITIONS)[list(POSITIONS)].to_numpy()
+        if checks.corner_witness(positions, box):
+            return
+        rows += len(positions)
+        if len(positions):
+            top = np.maximum(top, positions.max(axis=0))
+    name = catalog.schema.name
+    if rows == 0:
+        flagged = " (or every row is flagged to be ignored)" if load.keywords["ignore_flag"] is not None else ""
+        raise InputError(catalog.path, f"holds no {name} rows{flagged}; expected a catalog of at least one {name}")
+    units = {catalog.source.file_units.get(c) or catalog.schema[c].unit for c in POSITIONS}
+    raise InputError(
+        catalog.path,
+        f"every position lies within {checks.CORNER_FRACTION * box:g} Mpc/h of the origin (largest x, y, z: "
+        f"{', '.join(f'{t:.3g}' for t in top)} Mpc/h) of a {box:g} Mpc/h box: positions shrunk by a wrong unit "
+        f"(the file says {', '.join(sorted(units))}); expected comoving Mpc/h positions filling the box",
+        column=catalog.source.available["x"],
+    )
 
 
 def check_unique_ids(catalog: Catalog) -> None:

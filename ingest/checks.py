@@ -1,6 +1,7 @@
 """Value checks on catalog partitions: finite numbers, non-negative masses, positions inside the box,
-stellar masses that are linear (not log10), unique ids. Pure functions on pandas/numpy; each failure is an
-:class:`~pipeline.errors.InputError` naming the file, the column and the data row.
+stellar masses that are linear (not log10), unique ids, positions that fill more than the box's origin corner.
+Pure functions on pandas/numpy; each failure is an :class:`~pipeline.errors.InputError` naming the file, the
+column and the data row.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pipeline.errors import InputError
 POSITION_TOLERANCE = 1e-3
 #: a stellar-mass column whose largest value is below this (Msun) holds log10 masses, not masses
 LOG_MASS_CEILING = 100.0
+#: a catalog all of whose positions lie within this fraction of the box side from the origin, on every axis, holds
+#: positions shrunk by a unit error (Mpc/h values labelled kpc/h land within 1/1000 of it); see :func:`corner_witness`
+CORNER_FRACTION = 0.01
 
 
 def check_partition(
@@ -69,6 +73,22 @@ def check_partition(
                     "in Msun (no h)",
                     column=col,
                 )
+
+
+def corner_witness(positions: np.ndarray, box_size: float) -> bool:
+    """Whether any row of ``positions`` (shape (n, 3), comoving Mpc/h) lies outside the origin corner
+    ``[0, CORNER_FRACTION * box_size)^3`` of the box (side ``box_size``, Mpc/h) -- a witness that the catalog is not
+    shrunk into that corner.
+
+    The rule behind it: positions are checked to lie in ``[0, L)``; scaled by a wrong unit factor ``s < 1``
+    (Mpc/h values in a column labelled kpc/h: ``s = 1/1000``; Mpc without h as kpc/h: ``s = 1/(1000 h)``) they
+    land in ``[0, sL)^3``. A catalog whose every position lies within ``L/100`` of the origin on every axis is
+    refused: a real catalog, however small or clustered, or a sub-volume cut anywhere else in the box, has some
+    coordinate beyond ``L/100`` (the corner is a millionth of the box's volume). Only a sub-volume cut exactly at the
+    origin corner and smaller than ``L/100`` on every side would be refused falsely.
+    """
+    positions = np.asarray(positions)
+    return bool(positions.size) and bool(np.any(positions >= CORNER_FRACTION * box_size))
 
 
 def stellar_mass_scale(values: np.ndarray) -> str | None:
