@@ -397,11 +397,12 @@ def _relocated(exc: ConfigError, args: argparse.Namespace, name: str) -> ConfigE
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """``--out`` must be, or be creatable as, a folder this user can write (checked before any work)."""
-    from flows.config import check_output_dir
+    """``--out`` must be, or be creatable as, a folder this user can write, reached through no symbolic-link loop
+    or dangling link, its name UTF-8 (:func:`pipeline.files.check_output_path`; checked before any work)."""
+    from pipeline.files import check_output_path
 
     try:
-        check_output_dir(Path(args.out), key="--out", writable=True)
+        check_output_path(args.out, directory=True, writable=True)
     except ConfigError as exc:
         raise ConfigError(exc.message, where=f"{args.command} --out") from None
 
@@ -538,6 +539,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     real = args.members is not None or args.clusters is not None
     if real == (args.observations is not None) or (real and (args.members is None or args.clusters is None)):
         raise ConfigError("infer: give either --observations DIR, or both --members GALAXIES and --clusters CENTRES")
+    _check_out(args)
     if real:
         return _infer_real(args, start)
     table, snapshot = _observation_table(args.observations)
@@ -631,6 +633,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.config import load_config
 
     config = load_config(args.config)  # every configuration error before Prefect starts
+    if args.out is not None:  # [output] dir was checked with the configuration
+        _check_out(args)
     out = Path(args.out or config.output.dir)
     if args.dry_run:
         return _dry_run(config, out)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from ingest.config import InputSection, SynthSection
 from models.config import TrainSection
 from pipeline.config import check_choice, check_number, read_toml, resolve_path, section, table
 from pipeline.errors import ClusterMassError, ConfigError
+from pipeline.files import check_output_path
 from pipeline.snapshot import Snapshot
 
 DEFAULT_RUN_DIR = Path("runs/default")
@@ -367,16 +367,8 @@ def _check_prior(infer: InferSection, train: TrainSection, observe: ObserveSecti
 
 
 def check_output_dir(path: Path, key: str = "dir", *, writable: bool = False) -> None:
-    """Refuse an output directory that is a file or lies inside one; with ``writable`` also one whose nearest
+    """Refuse an output directory that is a file or lies inside one, runs through a symbolic-link loop or a dangling
+    link, or is not UTF-8 (:func:`pipeline.files.check_output_path`); with ``writable`` also one whose nearest
     existing ancestor this user cannot write (the command-line ``--out``: ``[output] dir`` may be overridden by it,
     so the file's own value is not held to that)."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"expected a directory, got {path}, which is a file", key=key)
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConfigError(f"expected a directory, got {path}, inside {ancestor}, which is a file", key=key)
-    if writable and not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"expected a directory this user can write, got {path} ({ancestor} is not writable)",
-                          key=key)
+    check_output_path(path, directory=True, writable=writable, key=key)

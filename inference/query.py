@@ -28,6 +28,7 @@ from models.model import TrainedModel
 from models.typicality import ood_score
 from pipeline.cosmology import Cosmology
 from pipeline.errors import ConfigError, InputError
+from pipeline.files import check_output_path, shown
 from pipeline.snapshot import Snapshot
 
 #: below this many members no posterior is given; below the training minimum, a warning
@@ -96,20 +97,12 @@ def query(model_path: str | os.PathLike[str], members_path: str | os.PathLike[st
 
 def check_plot_path(path: str | os.PathLike[str]) -> Path:
     """``--plot PATH``, checked before anything is computed: a ``.png`` name, not a directory, in a folder that
-    exists or can be created (no part of it is a file). :func:`write_plot` creates the folder."""
+    exists or can be created and written (no part of it a file, a symbolic-link loop or a dangling link; the name
+    UTF-8: :func:`pipeline.files.check_output_path`). :func:`write_plot` creates the folder."""
     p = Path(path)
     if p.suffix.lower() != ".png":
-        raise ConfigError(f"--plot: expected a .png file name, got '{p}'")
-    if p.is_dir():
-        raise ConfigError(f"--plot: '{p}' is a directory; expected a .png file name")
-    ancestor = p.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if ancestor.exists() and not ancestor.is_dir():
-        raise ConfigError(f"--plot: cannot create the folder '{p.parent}': '{ancestor}' is a file")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"--plot: cannot write in '{ancestor}' (permission denied)")
-    return p
+        raise ConfigError(f"--plot: expected a .png file name, got '{shown(p)}'")
+    return check_output_path(p, directory=False, key="--plot")
 
 
 def write_plot(result: QueryResult, path: str | os.PathLike[str]) -> Path:

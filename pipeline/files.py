@@ -9,6 +9,11 @@ temporary and leaves what was under the final name untouched; a full disk (ENOSP
   ``directory=True``) of one output;
 * :func:`hdf5_output` — the same for an HDF5 file, yielding the open ``h5py.File``;
 * :func:`write_json` — a small JSON document;
+* :func:`check_output_path` — an output path checked before any work: one line for a path that is a file where a
+  folder is wanted (or the reverse), lies inside a file, runs through a symbolic-link loop or a dangling link, is
+  not writable, or is not valid UTF-8;
+* :func:`sole_writer` — hold a folder for one writing process at a time (a second is refused in one line), so that
+  :func:`remove_stale_partials` can delete the temporaries a killed writer left there, never a live writer's;
 * :func:`release_hdf5_partials` — the last resort of the command line: HDF5 files this process still holds
   open under a ``.partial`` name (a writer that failed without closing them) are emptied, closed and deleted,
   so that HDF5 has nothing left to flush at interpreter exit (where a second ENOSPC crashes the process).
@@ -23,6 +28,7 @@ before it is closed: the space is freed, the closing flush succeeds, and the fil
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -31,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import OutputError, no_space
+from pipeline.errors import ConfigError, OutputError, no_space
 
 NO_SPACE = "no space left on device"
 
@@ -40,6 +46,74 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
     """The hidden temporary ``.<name>.partial`` beside ``path`` that an output is written to before its rename."""
     path = Path(path)
     return path.with_name(f".{path.name}.partial")
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` as printable text: bytes of its name that are not UTF-8 as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def check_output_path(path: str | os.PathLike[str], *, directory: bool = True, writable: bool = True,
+                      key: str | None = None) -> Path:
+    """Refuse, before any work, an output path that cannot be written; returns it as a :class:`Path`.
+
+    Raises a one-line :class:`ConfigError` (about ``key``, e.g. ``"--out"``) when ``path``
+
+    * is not valid UTF-8 (Parquet, JSON and the run's records hold paths as UTF-8 text);
+    * runs through a loop of symbolic links, or through a link whose target does not exist (nothing could be created
+      there);
+    * exists as a file where a folder is wanted (``directory=True``), or as a folder where a file is
+      (``directory=False``), or lies inside a file;
+    * with ``writable``: the folder it would be written in (the path itself if it is an existing folder, else its
+      nearest existing ancestor) is not writable by this user.
+
+    A path that does not exist yet is fine: writers create the missing folders.
+    """
+    p = Path(path)
+    try:
+        os.fsencode(p).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"expected a path that is valid UTF-8 text (Parquet, the run's records and the messages "
+                          f"hold paths as text), got '{shown(p)}'", key=key) from None
+    wanted = "a directory" if directory else "a file name"
+    node, st = p, _stat(p, p, wanted, key)
+    while st is None and node != node.parent:  # the nearest existing ancestor
+        node = node.parent
+        st = _stat(node, p, wanted, key)
+    if node == p and st is not None and os.path.isdir(p) != directory:
+        which = "a file" if directory else "a directory"
+        raise ConfigError(f"expected {wanted}, got {p}, which is {which}", key=key)
+    if node != p and st is not None and not os.path.isdir(node):
+        raise ConfigError(f"expected {wanted}, got {p}, inside {node}, which is a file", key=key)
+    folder = node if node != p or directory else p.parent
+    if writable and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"expected {wanted} this user can write, got {p} ({folder} is not writable)", key=key)
+    return p
+
+
+def _stat(node: Path, path: Path, wanted: str, key: str | None) -> os.stat_result | None:
+    """``os.stat(node)`` (links followed), or None where ``node`` does not exist or lies under a file (the caller
+    walks up); a link loop, a dangling link or another failure is a :class:`ConfigError` about ``path``."""
+    try:
+        return os.stat(node)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(node):
+            raise ConfigError(f"expected {wanted}, got {path}: {node} is a symbolic link to {os.readlink(node)}, "
+                              f"which does not exist", key=key) from None
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            loop = next((a for a in reversed([node, *node.parents]) if _loops(a)), node)
+            raise ConfigError(f"expected {wanted}, got {path}: {loop} is a loop of symbolic links", key=key) from None
+        raise ConfigError(f"expected {wanted}, got {path}: {node}: {exc.strerror or exc}", key=key) from None
+
+
+def _loops(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def remove(path: str | os.PathLike[str]) -> None:
@@ -146,6 +220,68 @@ def write_json(path: str | os.PathLike[str], payload: Any, *, indent: int = 1) -
     with atomic_output(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+#: the lock file :func:`sole_writer` holds in a folder (it holds the writer's process id)
+LOCK_NAME = ".writer.lock"
+
+
+@contextlib.contextmanager
+def sole_writer(directory: str | os.PathLike[str], *, what: str) -> Iterator[Path]:
+    """Hold ``directory`` (which must exist) for this process alone while the block writes into it.
+
+    An advisory lock (``flock``) on ``DIR/.writer.lock``: a second process asking for the same folder gets a
+    one-line :class:`OutputError` (``DIR: another <what> (pid N) is writing here; ...``) at once. The kernel drops
+    the lock when its holder dies, SIGKILL included, so inside the block every ``.partial`` temporary in the folder
+    is a dead writer's (:func:`remove_stale_partials`). The lock file is removed when the block ends. On a file
+    system without ``flock`` the block runs unlocked.
+    """
+    import fcntl
+
+    directory = Path(directory)
+    lock = directory / LOCK_NAME
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(directory, f"another {what} (pid {holder}) is writing here; expected one writer at a "
+                                         "time: wait for it to end, or write elsewhere") from None
+        except OSError:  # no flock on this file system: unlocked, as before
+            os.close(fd)
+            fd = -1
+            break
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous holder removed the file between our open and our lock: lock the new one
+    try:
+        if fd >= 0:
+            with contextlib.suppress(OSError):  # the pid is for the message only (a full disk may refuse it)
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+        yield lock
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            os.close(fd)
+
+
+def remove_stale_partials(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the hidden temporaries (``.<name>.partial``, ``.<stem>.partial.<ext>``) directly in ``directory``, left
+    by a writer that was killed; returns them. Call it only under :func:`sole_writer` for that folder: otherwise a
+    live writer's temporary could be deleted under it."""
+    removed = []
+    for path in Path(directory).glob(".*"):
+        if path.name.endswith(".partial") or ".partial." in path.name:
+            remove(path)
+            removed.append(path)
+    return removed
 
 
 def release_hdf5_partials() -> list[Path]:

@@ -220,9 +220,9 @@ def test_plot_into_a_missing_folder_is_created(models, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("plot", "message"), [
-    ("afile/post.png", r"--plot: cannot create the folder '.*afile': '.*afile' is a file"),
+    ("afile/post.png", r"--plot: expected a file name, got .*afile/post\.png, inside .*afile, which is a file"),
     ("post.pdf", r"--plot: expected a \.png file name"),
-    ("adir.png", r"--plot: '.*adir\.png' is a directory; expected a \.png file name"),
+    ("adir.png", r"--plot: expected a file name, got .*adir\.png, which is a directory"),
 ])
 def test_a_plot_path_that_cannot_be_written_is_refused_before_computing(models, tmp_path, capsys, plot, message):
     (tmp_path / "afile").write_text("not a folder")

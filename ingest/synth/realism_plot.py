@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import atomic_output
+
 
 def plot_realism(report: dict[str, Any], path: str | Path) -> Path:
     """Three panels: SMF ratio to Li & White (2009), satellites per host vs UniverseMachine, a table of scalars."""
@@ -45,8 +47,9 @@ def plot_realism(report: dict[str, Any], path: str | Path) -> Path:
     table.set_fontsize(8)
     fig.tight_layout()
     out = Path(path)
-    tmp = out.with_name(f".{out.stem}.partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_output(out) as tmp:  # a failure (a full disk) leaves no temporary behind
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return out

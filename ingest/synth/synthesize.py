@@ -27,7 +27,7 @@ from ingest.synth.realism import RealismAccumulator
 from ingest.synth.realism_plot import plot_realism
 from ingest.writers import EXTENSIONS, CatalogWriter
 from pipeline.errors import ConfigError
-from pipeline.files import write_json
+from pipeline.files import remove_stale_partials, sole_writer, write_json
 
 #: the realism report written beside every box (:mod:`ingest.synth.realism`), and its plot page
 REALISM_JSON = "realism.json"
@@ -77,17 +77,26 @@ def synthesize(
 ) -> SynthResult:
     """Generate the box described by ``config`` and write it to ``out_dir`` in ``fmt`` (see :data:`OUTPUT_FORMATS`).
 
-    ``progress(done, total)`` is called after each cell.
+    ``progress(done, total)`` is called after each cell. One process writes into ``out_dir`` at a time
+    (:func:`pipeline.files.sole_writer`; a second is refused in one line), so the hidden temporaries found there
+    are those of a killed writer, and are deleted.
     """
     start = time.perf_counter()
-    halo_path, galaxy_path = output_paths(out_dir, fmt)
-    hfmt, gfmt = OUTPUT_FORMATS[fmt]
+    output_paths(out_dir, fmt)  # the format is checked before anything is created
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.partial"):  # left by an interrupted run
-        stale.unlink()
+    with sole_writer(out, what="synth"):
+        remove_stale_partials(out)  # left by a writer that was killed (a live one would hold the folder)
+        return _write_box(out, config, fmt, workers, progress, start)
+
+
+def _write_box(out: Path, config: SynthConfig, fmt: str, workers: int,
+               progress: Callable[[int, int], None] | None, start: float) -> SynthResult:
+    """:func:`synthesize`'s writing, in the folder ``out`` it holds."""
+    halo_path, galaxy_path = output_paths(out, fmt)
+    hfmt, gfmt = OUTPUT_FORMATS[fmt]
     snap = config.snapshot
     total = cell_count(config)
     n_halos = n_galaxies = 0
