@@ -102,7 +102,8 @@ def read_table(path: str | os.PathLike[str]) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # astropy warns on units it does not know; they are checked below
-            table = Table.read(p, format=fmt)
+            # text: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is skipped, not read into the first column's name
+            table = Table.read(p, format=fmt, **({"encoding": "utf-8-sig"} if fmt.startswith("ascii") else {}))
     except Exception as exc:  # astropy raises many types for unreadable files
         message = str(exc).splitlines()[0] if str(exc) else ""
         raise InputError(p, f"cannot read the table ({exc.__class__.__name__}: {message})") from None

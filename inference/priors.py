@@ -70,7 +70,7 @@ def read_table(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     try:
         from astropy.table import Table
 
-        table = Table.read(p, format="ascii")
+        table = Table.read(p, format="ascii", encoding="utf-8-sig")  # a UTF-8 byte-order mark is skipped
         cols = table.colnames
         if len(cols) != 2:
             raise InputError(p, f"expected two columns (log10 M200c [Msun/h], density), found {len(cols)}: {cols}")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from ingest.hlist import TextSource
 from ingest.schema import Schema
-from ingest.textblocks import TextLayout, check_field_count, check_truncation, file_size, split_blocks
+from ingest.textblocks import BOM, TextLayout, check_field_count, check_truncation, file_size, split_blocks
 from pipeline.errors import InputError
 from pipeline.snapshot import PartialSnapshot
 
 
 def open_csv(path: str, schema: Schema, file_units: dict[str, str], blocksize: int) -> TextSource:
     with open(path, "rb") as fh:
-        first = fh.readline()
+        first = fh.readline().removeprefix(BOM)  # a byte-order mark is not part of the first name
         header_lines = 1
         while first.startswith(b"#"):
             first = fh.readline()

@@ -20,6 +20,7 @@ import pandas as pd
 from ingest.schema import Schema
 from ingest.source import Source
 from ingest.textblocks import (
+    BOM,
     TextLayout,
     check_field_count,
     check_truncation,
@@ -63,7 +64,7 @@ def parse_header(path: str, max_lines: int = 2000) -> HeaderInfo:
             raw = fh.readline()
             if not raw:
                 break
-            text = raw.decode("utf-8", errors="replace").strip()
+            text = raw.removeprefix(BOM if offset == 0 else b"").decode("utf-8", errors="replace").strip()
             if not text.startswith("#"):
                 if text:
                     break

@@ -83,7 +83,7 @@ def detect_format(path: str, kind: str, requested: str | None = None) -> str:
         if fmt is None:
             try:
                 with open(path, "rb") as fh:
-                    head = fh.read(8)
+                    head = fh.read(11).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is skipped
             except OSError as exc:
                 raise InputError(path, f"cannot be read ({exc.strerror})") from None
             if head.startswith(_HDF5_MAGIC):

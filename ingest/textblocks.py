@@ -17,6 +17,8 @@ import pandas as pd
 from pipeline.errors import InputError
 
 DEFAULT_BLOCKSIZE = 64 * 2**20  # bytes of text per partition
+#: the UTF-8 byte-order mark some editors (Excel, Notepad) put at the start of a text file; readers skip it
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
