@@ -21,8 +21,8 @@ from inference.diagnostics import FLAGS, OOD_LIMIT, edge_mass, flag_bits, flag_n
 from inference.member_table import PROJECTED, SKY, MemberFile, check_centre, load_members, open_members, unit_notes
 from inference.posterior import prepare, summary_columns
 from inference.priors import DEFAULT_PRIOR
+from inference.selection import REDSHIFT_TOLERANCE, require_magnitudes, select_members, uses_stellar_masses
 from inference.selection import describe as describe_selection
-from inference.selection import require_magnitudes, select_members, uses_stellar_masses
 from models.io import MODEL_JSON, load_model, model_feature_set, read_description
 from models.model import TrainedModel
 from models.typicality import ood_score
@@ -33,9 +33,6 @@ from pipeline.snapshot import Snapshot
 
 #: below this many members no posterior is given; below the training minimum, a warning
 ABSOLUTE_MIN_MEMBERS = 3
-#: a cluster further than this in redshift from the training snapshot gets a warning (or, with
-#: ``far_redshift="refuse"``, no answer)
-REDSHIFT_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,17 @@ A model records the selection its observations were made under (its cylinder in 
 aperture [Mpc/h, comoving] and line-of-sight velocity window [km/s]; the stellar-mass floor [log10 Msun], which
 applies to models that use stellar masses or richness; and optionally an apparent r-band limit at the snapshot's
 redshift, applied as the same absolute magnitude limit at the cluster's own distance.
+
+:func:`model_selection` reads that record from a model's description and makes the checks ``query`` and ``infer``
+both need before any member is looked at (the record is there; a magnitude-limited model gets magnitudes);
+:class:`ModelSelection` then names the member columns to read and tells a cluster far from the model's snapshot.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +23,10 @@ from features.sets import NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MASS
 from features.sky import absolute_limit, distance_modulus
 from pipeline.errors import InputError
 from pipeline.snapshot import Snapshot
+
+#: a cluster further than this in redshift from the model's snapshot is flagged REDSHIFT (or, with
+#: ``far_redshift="refuse"``, not answered)
+REDSHIFT_TOLERANCE = 0.05
 
 
 def uses_stellar_masses(feature_set: str) -> bool:
@@ -65,3 +74,45 @@ def describe(cylinder: Mapping[str, Any], feature_set: str) -> str:
     if cylinder.get("r_limit") is not None:
         what += f", M_r within the model's r < {cylinder['r_limit']}"
     return what
+
+
+@dataclass(frozen=True)
+class ModelSelection:
+    """The selection a model's observations were made under, from its ``model.json``: its cylinder
+    (``observations.config.cylinder``: ``r_aperture`` [Mpc/h, comoving], ``v_cut`` [km/s], ``min_members``,
+    ``log10_mstar_min`` [log10 Msun], ``r_limit`` [apparent AB mag] or None), the snapshot it was trained at, and
+    its feature set."""
+
+    cylinder: Mapping[str, Any]
+    snapshot: Snapshot
+    feature_set: str
+
+    @property
+    def uses_stellar_masses(self) -> bool:
+        return uses_stellar_masses(self.feature_set)
+
+    def columns(self, coordinates: Sequence[str]) -> list[str]:
+        """The member columns to read: ``coordinates``, then ``log10_mstar`` when the model uses stellar masses and
+        ``mag_r`` when it is magnitude-limited."""
+        return [*coordinates, *(["log10_mstar"] if self.uses_stellar_masses else []),
+                *(["mag_r"] if self.cylinder.get("r_limit") is not None else [])]
+
+    def far_from_snapshot(self, z: float | np.ndarray) -> np.ndarray:
+        """Whether each cluster redshift ``z`` lies more than :data:`REDSHIFT_TOLERANCE` from the snapshot's."""
+        return np.abs(np.asarray(z, dtype=np.float64) - self.snapshot.redshift) > REDSHIFT_TOLERANCE
+
+
+def model_selection(model_dir: str | os.PathLike[str], description: Mapping[str, Any], feature_set: str, *,
+                    members_path: str | os.PathLike[str], has_mag_r: bool) -> ModelSelection:
+    """The selection of the model in ``model_dir`` (``description``: its parsed ``model.json``; ``feature_set``: the
+    one it was trained on), checked for the member list at ``members_path``: one :class:`InputError` line naming
+    the model when it does not record its cylinder and snapshot, or naming the members file when the model is
+    magnitude-limited and the list has no ``mag_r`` (:func:`require_magnitudes`)."""
+    observations = description.get("observations") or {}
+    if not observations.get("config") or not observations.get("snapshot"):
+        raise InputError(model_dir, "the model does not record its cylinder and snapshot (model.json observations); "
+                                    "retrain it with `clustermass train`")
+    selection = ModelSelection(observations["config"]["cylinder"], Snapshot.from_dict(observations["snapshot"]),
+                               feature_set)
+    require_magnitudes(selection.cylinder, selection.snapshot, has_mag_r, members_path)
+    return selection
