@@ -21,7 +21,7 @@ from inference.diagnostics import FLAGS, OOD_LIMIT, edge_mass, flag_bits, flag_n
 from inference.member_table import PROJECTED, SKY, MemberFile, check_centre, load_members, open_members, unit_notes
 from inference.posterior import prepare, summary_columns
 from inference.priors import DEFAULT_PRIOR
-from inference.selection import REDSHIFT_TOLERANCE, require_magnitudes, select_members, uses_stellar_masses
+from inference.selection import REDSHIFT_TOLERANCE, ModelSelection, model_selection, select_members
 from inference.selection import describe as describe_selection
 from models.io import MODEL_JSON, load_model, model_feature_set, read_description
 from models.model import TrainedModel
@@ -151,23 +151,25 @@ def choose_model(model_path: str | os.PathLike[str], has_mstar: bool, *, members
     return (*chosen, considered)
 
 
-def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, members: MemberFile, *, prior: str,
-            centre: tuple[float, float, float] | None, considered: list[dict[str, Any]],
-            far_redshift: str = "warn") -> QueryResult:
-    model: TrainedModel = load_model(model_dir)
-    meta = description.get("observations") or {}
-    if not meta.get("config") or not meta.get("snapshot"):
-        raise InputError(model_dir, "the model does not record its cylinder and snapshot (trained by an older "
-                                    "version?); retrain it with `clustermass train`")
-    cyl = meta["config"]["cylinder"]
-    snap = Snapshot.from_dict(meta["snapshot"])
-    cosmology: Cosmology = snap.cosmology
-    path = members.path
-    notes: list[str] = []
-    uses_mstar = uses_stellar_masses(feature_set)
-    require_magnitudes(cyl, snap, members.has("mag_r"), path)
-    names = [*(SKY if members.system == "sky" else PROJECTED), *(["log10_mstar"] if uses_mstar else []),
-             *(["mag_r"] if cyl.get("r_limit") is not None else [])]
+@dataclass(frozen=True)
+class _Cluster:
+    """One cluster's members relative to its centre: r_proj [Mpc/h, comoving], v_los [km/s], log10 M* [log10 Msun;
+    NaN where the model needs none], apparent mag_r (None unless the model is magnitude-limited), and the cluster's
+    redshift (None for projected input: the snapshot's is assumed)."""
+
+    r_proj: np.ndarray
+    v_los: np.ndarray
+    log10_mstar: np.ndarray
+    mag_r: np.ndarray | None
+    z: float | None
+
+
+def _cluster_members(members: MemberFile, selection: ModelSelection, centre: tuple[float, float, float] | None,
+                     notes: list[str]) -> _Cluster:
+    """The columns the model needs, read (units converted: a note each) and, for sky coordinates, projected about
+    ``centre`` with the model's cosmology (None: estimated from the members, with a note)."""
+    names = selection.columns(SKY if members.system == "sky" else PROJECTED)
+    cosmology: Cosmology = selection.snapshot.cosmology
     values = load_members(members, names, h=cosmology.h)
     notes += unit_notes(members, names, h=cosmology.h)
     if members.system == "projected":
@@ -181,52 +183,98 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, memb
                          f"z {centre[2]:.5f}")
         r_proj, v_los = project(ra, dec, z, centre, cosmology)
         z_c = centre[2]
-    logm = values["log10_mstar"] if uses_mstar else np.full(len(r_proj), np.nan)
-    far = z_c is not None and abs(z_c - snap.redshift) > REDSHIFT_TOLERANCE
+    logm = values["log10_mstar"] if selection.uses_stellar_masses else np.full(len(r_proj), np.nan)
+    return _Cluster(r_proj, v_los, logm, values.get("mag_r"), z_c)
+
+
+def _check_redshift(z: float | None, selection: ModelSelection, far_redshift: str, path: Path,
+                    notes: list[str]) -> bool:
+    """Whether the cluster at ``z`` is far from the model's snapshot: a warning note, or (``far_redshift="refuse"``)
+    one error line."""
+    snapshot_z = selection.snapshot.redshift
+    far = z is not None and bool(selection.far_from_snapshot(z))
     if far and far_redshift == "refuse":
-        raise InputError(path, f"cluster redshift {z_c:.3f} is more than {REDSHIFT_TOLERANCE} from the model's "
-                               f"snapshot z = {snap.redshift:.3f}; train at the cluster's redshift ([synth] redshift) "
+        raise InputError(path, f"cluster redshift {z:.3f} is more than {REDSHIFT_TOLERANCE} from the model's "
+                               f"snapshot z = {snapshot_z:.3f}; train at the cluster's redshift ([synth] redshift) "
                                "or allow it with --far-redshift warn", column="z")
     if far:
-        notes.append(f"warning: cluster redshift {z_c:.3f} is far from the model's snapshot z = "
-                     f"{snap.redshift:.3f}; the posterior assumes the training redshift")
-    mag_r = values.get("mag_r")
-    inside, cut = select_members(cyl, snap, feature_set, r_proj, v_los, logm, mag_r, z_c)
+        notes.append(f"warning: cluster redshift {z:.3f} is far from the model's snapshot z = "
+                     f"{snapshot_z:.3f}; the posterior assumes the training redshift")
+    return far
+
+
+def _inside_selection(cluster: _Cluster, selection: ModelSelection, path: Path, notes: list[str]
+                      ) -> tuple[_Cluster, dict[str, int]]:
+    """The members the model would have observed (a note when some are dropped) and how many each cut removed;
+    fewer than :data:`ABSOLUTE_MIN_MEMBERS` left is one error line."""
+    cyl = selection.cylinder
+    inside, cut = select_members(cyl, selection.snapshot, selection.feature_set, cluster.r_proj, cluster.v_los,
+                                 cluster.log10_mstar, cluster.mag_r, cluster.z)
     if (~inside).any():
-        what = describe_selection(cyl, feature_set)
+        what = describe_selection(cyl, selection.feature_set)
         notes.append(f"selection: {int((~inside).sum())} of {len(inside)} members fall outside the model's selection "
                      f"({what}) and were dropped")
-    r_proj, v_los, logm = r_proj[inside], v_los[inside], logm[inside]
-    n = len(r_proj)
+    kept = _Cluster(cluster.r_proj[inside], cluster.v_los[inside], cluster.log10_mstar[inside],
+                    None if cluster.mag_r is None else cluster.mag_r[inside], cluster.z)
+    n = len(kept.r_proj)
     if n < ABSOLUTE_MIN_MEMBERS:
         raise InputError(path, f"only {n} members inside the model's selection; expected at least "
                                f"{ABSOLUTE_MIN_MEMBERS} (the model was trained on >= {cyl['min_members']})")
-    lo_hi = description.get("training_members") or [cyl["min_members"], None]
+    return kept, cut
+
+
+def _richness(n: int, description: dict[str, Any], selection: ModelSelection, notes: list[str]) -> tuple[bool, bool]:
+    """Whether ``n`` members are fewer than every training cluster had (FEW_MEMBERS) or more than any had
+    (RICHNESS), each with a warning note."""
+    lo_hi = description.get("training_members") or [selection.cylinder["min_members"], None]
     few = n < lo_hi[0]
     rich = lo_hi[1] is not None and n > lo_hi[1]
     if few:
         notes.append(f"warning: {n} members, fewer than the {lo_hi[0]} every training cluster had; "
                      "the posterior is an extrapolation")
     if rich:
-        what = ("the richness is extrapolated" if feature_set in NEEDS_COMPLETE_SAMPLE else
+        what = ("the richness is extrapolated" if selection.feature_set in NEEDS_COMPLETE_SAMPLE else
                 "the dispersions are more precise than any the model was trained on: the width is extrapolated")
         notes.append(f"warning: {n} members, {n / lo_hi[1]:.3g}x the most any training cluster had ({lo_hi[1]}); "
                      f"{what} (flag RICHNESS)")
-    feats = compute_features(np.array([0, n]), r_proj, v_los, np.nan_to_num(logm), r_aperture=cyl["r_aperture"])
+    return few, rich
+
+
+def _feature_row(model: TrainedModel, cluster: _Cluster, r_aperture: float, path: Path
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The model's features of the cluster as one row (1, F), and every feature; an undefined one is one error
+    line."""
+    n = len(cluster.r_proj)
+    feats = compute_features(np.array([0, n]), cluster.r_proj, cluster.v_los, np.nan_to_num(cluster.log10_mstar),
+                             r_aperture=r_aperture)
     x = np.array([[feats[name][0] for name in model.feature_names]])
     if not np.all(np.isfinite(x)):
         bad = [name for name in model.feature_names if not np.isfinite(feats[name][0])]
         raise InputError(path, f"features {bad} are undefined for these members (too few, or identical velocities)")
-    setup = prepare(model, prior, snapshot=snap)
+    return x, feats
+
+
+def _posterior(model: TrainedModel, model_dir: Path, prior: str, snapshot: Snapshot, x: np.ndarray
+               ) -> tuple[Any, Any]:
+    """The posterior setup (grid, target prior) and the one block of row ``x``; a NaN or infinite network output is
+    one error line (no answer rather than a NaN one)."""
+    setup = prepare(model, prior, snapshot=snapshot)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         block = next(setup.blocks(x))
     if block.flags[0] & FLAGS["INVALID_OUTPUT"]:  # one cluster: no answer rather than a NaN one
         raise InputError(model_dir, "the network's log density is NaN or infinite for these members' features (flag "
                                     "INVALID_OUTPUT): a bug or a corrupt model; retrain it")
+    return setup, block
+
+
+def _diagnose(x: np.ndarray, description: dict[str, Any], grid: np.ndarray, block: Any, *, few: bool, far: bool,
+              rich: bool, notes: list[str]) -> tuple[float | None, float, int]:
+    """The cluster's ``ood_score`` (None when the model has no typicality table), ``edge_mass`` and flag bits, with
+    a note for each flag that is not already a warning."""
     stats = description.get("typicality")
     ood = float(ood_score(x, stats)[0]) if stats else None
-    edge = float(edge_mass(setup.grid, block.pdf)[0])
+    edge = float(edge_mass(grid, block.pdf)[0])
     flags = int(flag_bits(np.array([1.0 if ood is None else ood]), np.array([edge]), few_members=np.array([few]),
                           far_redshift=bool(far), rich=np.array([rich]), posterior=block.flags)[0])
     if flags & FLAGS["NO_SUPPORT"]:
@@ -238,6 +286,26 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, memb
                                              "training set's)" if name == "OUT_OF_DISTRIBUTION" else
                                              f"{edge:.2f} of the posterior lies within 0.05 dex of the grid's edge: "
                                              "the mass may be outside the training range"))
+    return ood, edge, flags
+
+
+def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, members: MemberFile, *, prior: str,
+            centre: tuple[float, float, float] | None, considered: list[dict[str, Any]],
+            far_redshift: str = "warn") -> QueryResult:
+    """The answer of the model in ``model_dir`` for ``members``: each step adds its notes, in order."""
+    model: TrainedModel = load_model(model_dir)
+    selection = model_selection(model_dir, description, feature_set, members_path=members.path,
+                                has_mag_r=members.has("mag_r"))
+    path = members.path
+    notes: list[str] = []
+    cluster = _cluster_members(members, selection, centre, notes)
+    far = _check_redshift(cluster.z, selection, far_redshift, path, notes)
+    cluster, cut = _inside_selection(cluster, selection, path, notes)
+    n = len(cluster.r_proj)
+    few, rich = _richness(n, description, selection, notes)
+    x, feats = _feature_row(model, cluster, selection.cylinder["r_aperture"], path)
+    setup, block = _posterior(model, model_dir, prior, selection.snapshot, x)
+    ood, edge, flags = _diagnose(x, description, setup.grid, block, few=few, far=far, rich=rich, notes=notes)
     summary = {
         **{name: float(value[0]) for name, value in summary_columns(block.values).items()},
         "n_members": n, "sigma_v": float(feats["sigma_v_biweight"][0]), "prior": setup.target.name,

@@ -295,3 +295,29 @@ def test_infer_refuses_what_no_row_can_fix(models, tmp_path, capsys, cols, messa
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "cat").exists()
+
+
+def test_a_model_without_its_cylinder_and_snapshot_is_refused_alike_by_query_and_infer(models, tmp_path, capsys):
+    """query and infer check a model's selection record in one place (inference.selection.model_selection): a model
+    whose model.json records no observations is refused by both with the same line, naming the model."""
+    import shutil
+
+    from models.io import write_description
+
+    model = tmp_path / "flow"
+    shutil.copytree(models / "flow", model)
+    description = json.loads((model / "model.json").read_text())
+    description["observations"] = {}
+    write_description(model, description)  # a deliberate edit: re-digested, so only the missing record can refuse
+    expected = (f"error: {model}: the model does not record its cylinder and snapshot (model.json observations); "
+                "retrain it with `clustermass train`\n")
+    galaxies = _csv(tmp_path / "g.csv", **_sky())
+    code, out, err = _query(capsys, "--model", str(model), "--members", str(galaxies))
+    assert (code, out, err) == (2, "", expected)
+    centres = tmp_path / "c.csv"
+    centres.write_text(f"id,ra,dec,z\n1,{RAC},{DECC},{ZC}\n")
+    code = main(["infer", "--model", str(model), "--members", str(galaxies), "--clusters", str(centres), "--out",
+                 str(tmp_path / "cat")])
+    out, err = capsys.readouterr()
+    assert (code, out, err) == (2, "", expected)
+    assert not (tmp_path / "cat").exists()
