@@ -132,32 +132,27 @@ def test_config_defaults_and_snapshot():
     assert parse_config({"snapshot": snapshot, "synth": {"box_size": 1000}}).snapshot.box_size == 1000.0
 
 
-def test_observe_command_writes_table_and_members(tmp_path, capsys):
-    code, _, _ = run_cli(capsys, "synth", "--out", str(tmp_path / "box"), "--box-size", "110", "--log10-mmin", "11.5",
-                         "--quiet", "--workers", "1")
-    assert code == 0
-    code, out, err = run_cli(capsys, "observe", "--halos", str(tmp_path / "box" / "halos.h5"), "--galaxies",
-                             str(tmp_path / "box" / "galaxies.h5"), "--out", str(tmp_path / "obs"), "--quiet",
+def test_observe_command_writes_table_and_members(tiny_box, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "observe", "--halos", str(tiny_box / "halos.h5"), "--galaxies",
+                             str(tiny_box / "galaxies.h5"), "--out", str(tmp_path / "obs"), "--quiet",
                              "--regions", "2", "--min-members", "5")
     assert code == 0, err
     assert "observations:" in out and "dropped with < 5 members" in out
     assert (tmp_path / "obs" / "members.h5").exists()
     assert list((tmp_path / "obs" / "observations").glob("part-*.parquet"))
-    code, _, err = run_cli(capsys, "observe", "--halos", str(tmp_path / "box" / "halos.h5"), "--galaxies",
-                           str(tmp_path / "box" / "galaxies.h5"), "--out", str(tmp_path / "obs2"), "--v-cut", "9000")
+    code, _, err = run_cli(capsys, "observe", "--halos", str(tiny_box / "halos.h5"), "--galaxies",
+                           str(tiny_box / "galaxies.h5"), "--out", str(tmp_path / "obs2"), "--v-cut", "9000")
     assert code == 2 and "deeper than half the 110 Mpc/h box" in err and err.count("\n") == 1
     assert not (tmp_path / "obs2").exists()
 
 
-def test_train_command_holds_out_test_hosts(tmp_path, capsys):
-    run_cli(capsys, "synth", "--out", str(tmp_path / "box"), "--box-size", "110", "--log10-mmin", "11.5", "--quiet",
-            "--workers", "1")
-    code, _, err = run_cli(capsys, "observe", "--halos", str(tmp_path / "box" / "halos.h5"), "--galaxies",
-                           str(tmp_path / "box" / "galaxies.h5"), "--out", str(tmp_path / "obs"), "--quiet",
+def test_train_command_holds_out_test_hosts(tiny_box, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "observe", "--halos", str(tiny_box / "halos.h5"), "--galaxies",
+                           str(tiny_box / "galaxies.h5"), "--out", str(tmp_path / "obs"), "--quiet",
                            "--min-members", "3")
     assert code == 0, err
     code, out, err = run_cli(capsys, "train", "--observations", str(tmp_path / "obs"), "--out", str(tmp_path / "m"),
-                             "--kind", "mdn", "--kind", "mse", "--ensemble", "2", "--max-epochs", "3", "--quiet")
+                             "--kind", "mdn", "--kind", "mse", "--ensemble", "2", "--max-epochs", "1", "--quiet")
     assert code == 0, err
     assert "mdn" in out and "msigma" in out
     from features.io import read_observations

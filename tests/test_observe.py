@@ -16,15 +16,13 @@ from ingest.synth.synthesize import synthesize
 from ingest.writers import write_catalog
 from pipeline.errors import ClusterMassError, ConfigError, InputError
 
-BOX = SynthConfig(box_size=110.0, seed=21, log10_mmin=11.3, cells_per_side=1)
 LOS = LineOfSightSpec(extra_directions=2, extra_log10_m200c_min=13.9, seed=3)
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory):
-    out = tmp_path_factory.mktemp("box")
-    result = synthesize(out, BOX, fmt="hdf5")
-    return read_halos(result.halos), read_galaxies(result.galaxies)
+def box(tiny_box):
+    """The session's tiny 110 Mpc/h box (tests/conftest.py), read."""
+    return read_halos(tiny_box / "halos.h5"), read_galaxies(tiny_box / "galaxies.h5")
 
 
 @pytest.fixture(scope="module")
