@@ -1,11 +1,12 @@
 """Benchmark: writing a posterior mass catalog block-wise (HDF5, FITS) vs a raw h5py write of the same arrays.
 
-    .venv/bin/python bench/bench_catalogs.py                      # 1e6 rows, G = 512, blocks of 65536 rows
+    .venv/bin/python bench/bench_catalogs.py                      # 1e6 rows, G = 256, blocks of 65536 rows
     .venv/bin/python bench/bench_catalogs.py --rows 200000 --gzip
 
 Data: realistic posteriors. A bank of up to 65536 distinct PDFs (a two-component Gaussian in log10 M200c on a
-512-point grid over [13, 15.5], tilted by a steep mass function, normalised per dex, float32) with their summaries
-(mode, median, mean, std, quantiles; uncorrected ones from the untilted PDF); the catalog's rows draw from the
+``--grid``-point grid over [13, 15.5] (default: the pipeline's, ``inference.posterior.GRID_POINTS``), tilted by a
+steep mass function, normalised per dex, float32) with their summaries (mode, median, mean, std, quantiles;
+uncorrected ones from the untilted PDF); the catalog's rows draw from the
 bank in random order, so every chunk of rows holds distinct PDFs (what compressors see), plus random ids, los,
 member counts, sigma_v, true masses and diagnostics (ood_score, edge_mass, flags, model_inputs): every column of
 :data:`catalogs.COLUMNS`.
@@ -29,12 +30,12 @@ median and the minimum are reported, and ratios of both to the raw write):
   timed to the page cache only (the confounded comparison, for reference);
 * ``read_hdf5`` / ``read_fits``: :func:`catalogs.read_catalog` of the whole file, from disk (caches dropped);
 * ``stream_<fmt>``: a child process that makes each block on the fly (from the bank) and writes it: its peak RSS
-  is the memory a 1e6-row streaming write needs (one block of PDFs plus the bank of 65536 PDFs, ~134 MB).
+  is the memory a 1e6-row streaming write needs (one block of PDFs plus the bank of 65536 PDFs, 67 MB at 256 points).
 
 Prints one JSON object: seconds (median, min, all), MB/s (logical bytes of all columns / median s), CPU seconds
-of the process, file MB, peak RSS of the process and RSS added by the run (``extra_rss_mib``), ratios to the raw
-write (of medians and of minima). Disk timings on a shared VM still vary from run to run: quote the minima and
-medians together.
+of the process, file MB, the process's peak RSS so far (``ru_maxrss``: no sampling thread runs during a timed
+run), ratios to the raw write (of medians and of minima). Timings on a shared VM still vary from run to run, CPU
+seconds with them (kernel time of allocating the page cache): quote the minima and medians together.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _measure import machine, measure
+from _measure import machine
 
 from catalogs import COLUMNS, open_writer, read_catalog
+from inference.posterior import GRID_POINTS
 
 GRID_LO, GRID_HI = 13.0, 15.5
 PROVENANCE = {
@@ -164,23 +166,26 @@ def _flush_caches() -> bool:
     return dropped
 
 
-def _once(fn, path: Path | None) -> tuple:
-    """One measured call after :func:`_flush_caches`: seconds, peak RSS, RSS added, size of ``path`` (then
-    deleted), CPU s."""
-    import psutil
+def _peak_rss_bytes() -> int:
+    """This process's peak RSS so far (the kernel's ``ru_maxrss``, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
+
+def _once(fn, path: Path | None) -> tuple:
+    """One measured call after :func:`_flush_caches`: seconds, the process's peak RSS so far, size of ``path``
+    (then deleted), CPU s. Nothing else runs in the process meanwhile (no RSS-sampling thread)."""
     _flush_caches()
-    before = psutil.Process().memory_info().rss
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    with measure(0.05) as m:
-        fn()
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    m.extra["cpu"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     size = None
     if path is not None and path.exists():
         size = path.stat().st_size
         path.unlink()
-    return m.seconds, m.peak_rss_bytes, m.peak_rss_bytes - before, size, m.extra["cpu"]
+    return seconds, _peak_rss_bytes(), size, cpu
 
 
 def _summary(runs: list[tuple], logical: int) -> dict:
@@ -191,12 +196,11 @@ def _summary(runs: list[tuple], logical: int) -> dict:
         "seconds_min": round(min(times), 3),
         "seconds_all": [round(t, 3) for t in times],
         "mb_per_s": round(logical / seconds / 1e6, 1),
-        "cpu_seconds": round(float(np.median([r[4] for r in runs])), 3),
-        "peak_rss_mib": round(max(r[1] for r in runs) / 2**20),
-        "extra_rss_mib": round(max(r[2] for r in runs) / 2**20),
+        "cpu_seconds": round(float(np.median([r[3] for r in runs])), 3),
+        "process_peak_rss_mib": round(max(r[1] for r in runs) / 2**20),
     }
-    if runs[-1][3] is not None:
-        res["file_mb"] = round(runs[-1][3] / 1e6, 1)
+    if runs[-1][2] is not None:
+        res["file_mb"] = round(runs[-1][2] / 1e6, 1)
     return res
 
 
@@ -225,11 +229,12 @@ def stream_child(args: argparse.Namespace) -> None:
     """Child process: make each block on the fly and write it; print the peak RSS as JSON."""
     bank = make_bank(min(args.rows, args.bank), args.grid)
     path = Path(args.stream_path)
-    with measure(0.05) as m:
-        with open_writer(path, args.rows, bank["grid"], [c.name for c in COLUMNS], PROVENANCE, fsync=False) as w:
-            for start in range(0, args.rows, args.block):
-                w.append(make_rows(bank, start, min(args.block, args.rows - start), seed=1))
-    print(json.dumps({"seconds_incl_generation": round(m.seconds, 3), "peak_rss_mib": round(m.peak_gib * 1024)}))
+    t0 = time.perf_counter()
+    with open_writer(path, args.rows, bank["grid"], [c.name for c in COLUMNS], PROVENANCE, fsync=False) as w:
+        for start in range(0, args.rows, args.block):
+            w.append(make_rows(bank, start, min(args.block, args.rows - start), seed=1))
+    print(json.dumps({"seconds_incl_generation": round(time.perf_counter() - t0, 3),
+                      "peak_rss_mib": round(_peak_rss_bytes() / 2**20)}))
 
 
 def write_runs(args: argparse.Namespace, workdir: Path, data: dict[str, np.ndarray], grid: np.ndarray,
@@ -271,7 +276,7 @@ def write_runs(args: argparse.Namespace, workdir: Path, data: dict[str, np.ndarr
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--grid", type=int, default=512)
+    ap.add_argument("--grid", type=int, default=GRID_POINTS, help="PDF points (default: the posterior grid's)")
     ap.add_argument("--block", type=int, default=65536)
     ap.add_argument("--bank", type=int, default=65536, help="distinct PDFs the rows draw from")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
