@@ -56,7 +56,9 @@ def _usable_cpus() -> list[int]:
 @pytest.mark.skipif(len(_usable_cpus()) < 2, reason="needs two usable CPUs to compare 1 with 2")
 def test_training_is_bitwise_identical_on_one_and_two_cores():
     cpus = _usable_cpus()[:2]
-    env = {k: v for k, v in os.environ.items() if k not in (POOL_VARIABLE, "NPROC", "XLA_FLAGS")}
+    # each child compiles for itself: no compilation cache (tests/conftest.py) to hand one child the other's programs
+    env = {k: v for k, v in os.environ.items() if k not in (POOL_VARIABLE, "NPROC", "XLA_FLAGS",
+                                                            "JAX_COMPILATION_CACHE_DIR")}
     env.update({SWITCH: "1", "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
                 "JAX_PLATFORMS": "cpu"})
     children = [

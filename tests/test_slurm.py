@@ -142,7 +142,9 @@ def test_slurm_runner_runs_the_flow_in_sbatch_jobs_with_the_same_catalogs(
         """))
     api_url = PREFECT_API_URL.value()  # the harness's server: the flow process and the worker jobs report there
     assert api_url
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
+    # the jobs compile for themselves: no session compilation cache (tests/conftest.py) holding the reference's programs
+    env = {**{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}, "PREFECT_API_URL": api_url,
+           "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "slurm"
     try:
         proc = subprocess.run([sys.executable, "-m", "clustermass", "run", "--config", str(slurm_cfg), "--out",
