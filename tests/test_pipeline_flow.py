@@ -168,20 +168,20 @@ def test_killed_run_resumes_to_identical_catalogs(first_run, tmp_path):
     assert_same_catalogs(reference, out)
 
 
-def test_bad_input_inside_the_flow_is_one_error_line_and_not_retried(tmp_path):
-    from clustermass.cli import main
+def test_bad_input_inside_the_flow_is_one_error_line_and_not_retried(tmp_path, tiny_box):
+    import shutil
 
-    assert main(["synth", "--out", str(tmp_path / "box"), "--box-size", "60", "--log10-mmin", "11.5", "--quiet",
-                 "--workers", "1"]) == 0
     import h5py
 
+    (tmp_path / "box").mkdir()
+    for name in ("halos.h5", "galaxies.h5"):  # a copy of the session's tiny box, one halo mass made negative
+        shutil.copyfile(tiny_box / name, tmp_path / "box" / name)
     with h5py.File(tmp_path / "box" / "halos.h5", "r+") as fh:
         m = fh["m200c"][:]
         m[5] = -1.0
         fh["m200c"][:] = m
     cfg = tmp_path / "bad.toml"
-    # v_cut: a 1200 km/s cylinder is 25 Mpc/h deep at z = 0.117, within half this 60 Mpc/h box
-    cfg.write_text('[input]\nhalos = "box/halos.h5"\ngalaxies = "box/galaxies.h5"\n[observe]\nv_cut = 1200.0\n')
+    cfg.write_text('[input]\nhalos = "box/halos.h5"\ngalaxies = "box/galaxies.h5"\n')
     proc = subprocess.run([sys.executable, "-m", "clustermass", "run", "--config", str(cfg), "--out",
                            str(tmp_path / "run"), "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
