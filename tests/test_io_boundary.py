@@ -38,6 +38,7 @@ PURE = (
     "features.sets", "features.sky",
     "models.spec", "models.networks", "models.densities", "models.flow", "models.training", "models.bayes",
     "models.model", "models.prior", "models.typicality", "models.msigma",
+    "models.set_batches", "models.set_encoder", "models.set_training",
     "inference.posterior", "inference.summaries", "inference.calibration", "inference.metrics",
     "inference.diagnostics", "inference.acceptance", "inference.selection",
 )
