@@ -18,9 +18,10 @@ ZC, RAC, DECC = 0.117, 150.0, 2.0
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A trained model, for the tests of what its answers are worth: a 200 Mpc/h box (~740 hosts, ~2200
-    observations; 184 hosts held out), full and dynamics flows, one network each, trained in batches of 128 (~13
-    steps an epoch) for up to 100 epochs (early stopping). ~10 s on 2 cores."""
+    """The module's one trained model: a 200 Mpc/h box (~740 hosts, ~2200 observations; 184 hosts held out), full
+    and dynamics flows, one network each, trained in batches of 128 (~13 steps an epoch) for up to 100 epochs (early
+    stopping); ~15 s. The calibration test judges its numbers; the tests of the commands' mechanics reuse it (a
+    second, random-initialised model on the tiny box cost ~10 s more: compiling, not training, is the cost)."""
     d = tmp_path_factory.mktemp("q")
     assert main(["synth", "--out", str(d / "box"), "--box-size", "200", "--log10-mmin", "11.5", "--quiet",
                  "--workers", "1"]) == 0
@@ -28,19 +29,6 @@ def trained(tmp_path_factory):
                  "--out", str(d / "obs"), "--quiet", "--regions", "2"]) == 0
     assert main(["train", "--observations", str(d / "obs"), "--out", str(d / "model"), "--kind", "flow",
                  "--ensemble", "1", "--batch-size", "128", "--max-epochs", "100", "--quiet"]) == 0
-    return d
-
-
-@pytest.fixture(scope="module")
-def untrained(tiny_box, tmp_path_factory):
-    """A model directory for the command line's mechanics, whatever its numbers: the session's tiny box observed
-    (~370 observations) and full and dynamics flows after one optimiser step (one epoch of one batch larger than
-    the table), as good as random-initialised."""
-    d = tmp_path_factory.mktemp("q-mechanics")
-    assert main(["observe", "--halos", str(tiny_box / "halos.h5"), "--galaxies", str(tiny_box / "galaxies.h5"),
-                 "--out", str(d / "obs"), "--quiet", "--regions", "2"]) == 0
-    assert main(["train", "--observations", str(d / "obs"), "--out", str(d / "model"), "--kind", "flow",
-                 "--ensemble", "1", "--max-epochs", "1", "--quiet"]) == 0
     return d
 
 
@@ -142,10 +130,10 @@ def test_95_percent_interval_holds_the_truth(trained, tmp_path, capsys):
         assert (s["log10_m200c_p025"], s["log10_m200c_p975"]) == pytest.approx((lo[k], hi[k]), abs=1e-5)
 
 
-def test_answer_has_every_summary_under_the_default_flat_prior(untrained, tmp_path, capsys):
-    r, v, m, _ = _clusters(untrained, 1)[0]
+def test_answer_has_every_summary_under_the_default_flat_prior(trained, tmp_path, capsys):
+    r, v, m, _ = _clusters(trained, 1)[0]
     path = _write(tmp_path / "c.csv", r_proj=r, v_los=v, log10_mstar=m)
-    code, out, _ = _query(capsys, "--model", str(untrained / "model"), "--members", str(path), "--json")
+    code, out, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(path), "--json")
     assert code == 0
     s = json.loads(out)
     for key in ("log10_m200c_mode", "log10_m200c_median", "log10_m200c_p16", "log10_m200c_p84", "log10_m200c_p025",
@@ -154,19 +142,19 @@ def test_answer_has_every_summary_under_the_default_flat_prior(untrained, tmp_pa
     assert s["n_members"] == len(r) and s["prior"] == "flat"
 
 
-def test_sky_coordinates_give_the_same_posterior(untrained, tmp_path, capsys):
-    r, v, m, _ = _clusters(untrained, 1)[0]
+def test_sky_coordinates_give_the_same_posterior(trained, tmp_path, capsys):
+    r, v, m, _ = _clusters(trained, 1)[0]
     proj = _write(tmp_path / "p.csv", r_proj=r, v_los=v, log10_mstar=m)
     ra, dec, z = _to_sky(r, v)
     sky = _write(tmp_path / "s.csv", ra=ra, dec=dec, z=z, log10_mstar=m)
-    _, out_p, _ = _query(capsys, "--model", str(untrained / "model"), "--members", str(proj), "--json")
-    _, out_s, _ = _query(capsys, "--model", str(untrained / "model"), "--members", str(sky), "--json", "--center",
+    _, out_p, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(proj), "--json")
+    _, out_s, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(sky), "--json", "--center",
                          str(RAC), str(DECC), str(ZC), "--plot", str(tmp_path / "post.png"))
     a, b = json.loads(out_p), json.loads(out_s)
     assert a["n_members"] == b["n_members"]
     assert b["log10_m200c_median"] == pytest.approx(a["log10_m200c_median"], abs=5e-3)
     assert (tmp_path / "post.png").stat().st_size > 1000
-    code, out, err = _query(capsys, "--model", str(untrained / "model"), "--members", str(sky))
+    code, out, err = _query(capsys, "--model", str(trained / "model"), "--members", str(sky))
     assert code == 0 and "centre estimated from the members" in err and "log10 M200c" in out
 
 
@@ -181,20 +169,20 @@ def test_projection_round_trip():
     assert estimate_centre(np.array([359.9, 0.1, 0.0]), np.array([0, 0, 0.0]), np.array([0.1, 0.2, 0.3]))[2] == 0.2
 
 
-def test_warnings_where_an_answer_is_still_meaningful(untrained, tmp_path, capsys):
-    r, v, m, _ = _clusters(untrained, 1)[0]
+def test_warnings_where_an_answer_is_still_meaningful(trained, tmp_path, capsys):
+    r, v, m, _ = _clusters(trained, 1)[0]
     r2 = np.concatenate([r[:8], [5.0]])
     v2, m2 = np.concatenate([v[:8], [0.0]]), np.concatenate([m[:8], [10.5]])
     path = _write(tmp_path / "few.csv", r_proj=r2, v_los=v2, log10_mstar=m2)
-    code, _, err = _query(capsys, "--model", str(untrained / "model"), "--members", str(path))
+    code, _, err = _query(capsys, "--model", str(trained / "model"), "--members", str(path))
     assert code == 0
     assert "1 of 9 members fall outside the model's selection" in err
     assert re.search(r"8 members, fewer than the \d+ every training cluster had", err), err
     ra, dec, z = _to_sky(r, v)
     far = _write(tmp_path / "far.csv", ra=ra, dec=dec, z=z + 0.2, log10_mstar=m)
-    code, _, err = _query(capsys, "--model", str(untrained / "model"), "--members", str(far))
+    code, _, err = _query(capsys, "--model", str(trained / "model"), "--members", str(far))
     assert code == 0 and "is far from the model's snapshot" in err
-    code, out, err = _query(capsys, "--model", str(untrained / "model"), "--members", str(far), "--far-redshift",
+    code, out, err = _query(capsys, "--model", str(trained / "model"), "--members", str(far), "--far-redshift",
                             "refuse")
     assert code == 2 and out == "" and err.count("\n") == 1 and "column 'z'" in err and "[synth] redshift" in err
 
@@ -208,10 +196,10 @@ def test_warnings_where_an_answer_is_still_meaningful(untrained, tmp_path, capsy
         ("whatever", ".parquet", "unknown members format '.parquet'"),
     ],
 )
-def test_errors_that_leave_no_answer(untrained, tmp_path, capsys, content, suffix, message):
+def test_errors_that_leave_no_answer(trained, tmp_path, capsys, content, suffix, message):
     path = tmp_path / f"m{suffix}"
     path.write_text(content)
-    code, out, err = _query(capsys, "--model", str(untrained / "model"), "--members", str(path))
+    code, out, err = _query(capsys, "--model", str(trained / "model"), "--members", str(path))
     assert code == 2 and out == "" and err.count("\n") == 1
     assert message in err
 
@@ -238,26 +226,26 @@ def test_answers_from_positions_and_redshifts_alone(trained, tmp_path, capsys):
     assert code == 2 and "expected a log10_mstar column" in err and err.count("\n") == 1
 
 
-def test_unlike_anything_in_training_is_flagged(untrained, tmp_path, capsys):
+def test_unlike_anything_in_training_is_flagged(trained, tmp_path, capsys):
     """5x the richest training richness at a low dispersion is out of distribution; a posterior piled against the
     grid's edge is flagged as such; the flags reach the JSON."""
     rng = np.random.default_rng(4)
     n = 5 * 400
     path = _write(tmp_path / "odd.csv", r_proj=rng.uniform(0.01, 1.5, n), v_los=rng.normal(0, 150.0, n),
                   log10_mstar=rng.uniform(9.5, 11.0, n))
-    code, out, _ = _query(capsys, "--model", str(untrained / "model"), "--members", str(path), "--json")
+    code, out, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(path), "--json")
     s = json.loads(out)
     assert code == 0 and s["flags"] & 1 and "OUT_OF_DISTRIBUTION" in s["flag_names"] and s["ood_score"] < 1e-3
     hot = _write(tmp_path / "hot.csv", r_proj=rng.uniform(0.01, 1.5, 60), v_los=rng.normal(0, 2400.0, 60) % 2400,
                  log10_mstar=rng.uniform(9.5, 11.0, 60))
-    code, out, _ = _query(capsys, "--model", str(untrained / "model"), "--members", str(hot), "--json")
+    code, out, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(hot), "--json")
     s = json.loads(out)
     assert code == 0 and s["flags"] != 0
     if s["edge_mass"] > 0.01:
         assert "GRID_EDGE" in s["flag_names"]
-    typical = _clusters(untrained, 1)[0]
+    typical = _clusters(trained, 1)[0]
     ok = _write(tmp_path / "ok.csv", r_proj=typical[0], v_los=typical[1], log10_mstar=typical[2])
-    code, out, _ = _query(capsys, "--model", str(untrained / "model"), "--members", str(ok), "--json")
+    code, out, _ = _query(capsys, "--model", str(trained / "model"), "--members", str(ok), "--json")
     assert json.loads(out)["ood_score"] > 1e-3
 
 
@@ -267,14 +255,14 @@ def test_missing_model(tmp_path, capsys):
     assert code == 2 and "no trained model here" in err
 
 
-def test_infer_writes_catalogs_for_every_observation(untrained, tmp_path, capsys):
+def test_infer_writes_catalogs_for_every_observation(trained, tmp_path, capsys):
     from catalogs.io import read_catalog
 
-    code = main(["infer", "--model", str(untrained / "model"), "--observations", str(untrained / "obs"), "--out",
+    code = main(["infer", "--model", str(trained / "model"), "--observations", str(trained / "obs"), "--out",
                  str(tmp_path / "cat")])
     _out, err = capsys.readouterr()
     assert code == 0, err
-    table = read_observations(untrained / "obs")[0].compute()
+    table = read_observations(trained / "obs")[0].compute()
     h5 = read_catalog(tmp_path / "cat" / "catalog.h5")
     fits = read_catalog(tmp_path / "cat" / "catalog.fits")
     assert len(h5) == len(fits) == len(table)
@@ -286,8 +274,8 @@ def test_infer_writes_catalogs_for_every_observation(untrained, tmp_path, capsys
     np.testing.assert_allclose(np.trapezoid(pdf, h5.meta["log10_m200c_grid"], axis=1), 1.0, atol=1e-3)
 
 
-def test_validate_command(untrained, tmp_path, capsys):
-    code = main(["validate", "--model", str(untrained / "model"), "--observations", str(untrained / "obs"), "--out",
+def test_validate_command(trained, tmp_path, capsys):
+    code = main(["validate", "--model", str(trained / "model"), "--observations", str(trained / "obs"), "--out",
                  str(tmp_path / "val")])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -300,17 +288,17 @@ def test_validate_command(untrained, tmp_path, capsys):
         assert f"{'PASS' if ok else 'FAIL'}  {name}" in out.splitlines()[-len(verdicts):][list(verdicts).index(name)]
     assert (tmp_path / "val" / "coverage.png").exists()
     # --hosts all: every host of the observations (for a box the model never saw)
-    assert main(["validate", "--model", str(untrained / "model"), "--observations", str(untrained / "obs"), "--out",
+    assert main(["validate", "--model", str(trained / "model"), "--observations", str(trained / "obs"), "--out",
                  str(tmp_path / "all"), "--hosts", "all"]) == 0
     everything = json.loads((tmp_path / "all" / "metrics.json").read_text())
     assert everything["n_test"] > metrics["n_test"]
     assert "(all hosts) observations" in capsys.readouterr().out
 
 
-def test_infer_real_clusters_from_a_galaxy_table_and_centres(untrained, tmp_path, capsys):
+def test_infer_real_clusters_from_a_galaxy_table_and_centres(trained, tmp_path, capsys):
     from catalogs.io import read_catalog
 
-    clusters = _clusters(untrained, 3)
+    clusters = _clusters(trained, 3)
     ra_all, dec_all, z_all = [], [], []
     centres = []
     for k, (r, v, _, _) in enumerate(clusters):
@@ -325,7 +313,7 @@ def test_infer_real_clusters_from_a_galaxy_table_and_centres(untrained, tmp_path
     rows = [*centres, (200, RAC, 95.0, ZC), (100, RAC, DECC, ZC)]  # dec out of range; duplicate id
     table = tmp_path / "centres.csv"
     table.write_text("id,ra,dec,z\n" + "".join(f"{i},{a},{d},{zz}\n" for i, a, d, zz in rows))
-    code = main(["infer", "--model", str(untrained / "model"), "--members", str(galaxies), "--clusters", str(table),
+    code = main(["infer", "--model", str(trained / "model"), "--members", str(galaxies), "--clusters", str(table),
                  "--out", str(tmp_path / "cat")])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -342,20 +330,20 @@ def test_infer_real_clusters_from_a_galaxy_table_and_centres(untrained, tmp_path
                          + f"300,{RAC + 40.0},{DECC},{ZC + 0.2}\n")
     far_gal = _write(tmp_path / "far_galaxies.csv", ra=np.concatenate((ra[1:], ra_all[0] + 40.0)),
                      dec=np.concatenate((dec[1:], dec_all[0])), z=np.concatenate((z[1:], z_all[0] + 0.2)))
-    code = main(["infer", "--model", str(untrained / "model"), "--members", str(far_gal), "--clusters", str(far_table),
+    code = main(["infer", "--model", str(trained / "model"), "--members", str(far_gal), "--clusters", str(far_table),
                  "--out", str(tmp_path / "far"), "--far-redshift", "refuse"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "row 4 (id 300): cluster skipped" in err and "--far-redshift refuse" in err
     assert sorted(read_catalog(tmp_path / "far" / "catalog.h5")["cluster_id"]) == [100, 101, 102]
     # both modes at once is a usage error, one line
-    code = main(["infer", "--model", str(untrained / "model"), "--members", str(galaxies), "--out", str(tmp_path)])
+    code = main(["infer", "--model", str(trained / "model"), "--members", str(galaxies), "--out", str(tmp_path)])
     _, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and "--clusters" in err
 
 
-def test_a_magnitude_limited_model_applies_its_limit_to_the_members(untrained, tmp_path, capsys):
-    """A model untrained on r < 17.77 at its snapshot cuts members fainter than that absolute limit, at the cluster's
+def test_a_magnitude_limited_model_applies_its_limit_to_the_members(trained, tmp_path, capsys):
+    """A model trained on r < 17.77 at its snapshot cuts members fainter than that absolute limit, at the cluster's
     own distance, and needs their apparent magnitudes."""
     import shutil
 
@@ -363,11 +351,11 @@ def test_a_magnitude_limited_model_applies_its_limit_to_the_members(untrained, t
     from models.io import write_description
 
     model = tmp_path / "model"
-    shutil.copytree(untrained / "model" / "flow", model)
+    shutil.copytree(trained / "model" / "flow", model)
     description = json.loads((model / "model.json").read_text())
     description["observations"]["config"]["cylinder"]["r_limit"] = 17.77
     write_description(model, description)  # a deliberate edit: re-digested (a hand edit is refused)
-    r, v, m, _ = _clusters(untrained, 1)[0]
+    r, v, m, _ = _clusters(trained, 1)[0]
     ra, dec, z = _to_sky(r, v)
     limit = absolute_limit(17.77, ZC, MDPL2)
     mag = np.where(np.arange(len(r)) % 4 == 0, limit + 1.0, limit - 1.0) + distance_modulus(ZC, MDPL2)
