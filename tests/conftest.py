@@ -42,12 +42,14 @@ from ingest.schema import GALAXIES, HALOS, Schema  # noqa: E402
 from pipeline.cosmology import MDPL2  # noqa: E402
 from pipeline.snapshot import Snapshot  # noqa: E402
 
-#: the modules that take longest (~100 s to ~10 s on 2 cores), run first: ``make test``'s two workers take whole
-#: modules in collection order (``--dist loadscope --no-loadscope-reorder``), so starting with the longest lets
-#: them finish together. Order only; the other modules follow in pytest's own order.
-SLOWEST_MODULES_FIRST = ("test_pipeline_flow.py", "test_query.py", "test_models.py", "test_disk_full.py",
-                         "test_cli.py", "test_flow_trust.py", "test_bayes.py", "test_determinism.py",
-                         "test_synth_physics.py", "test_flow.py", "test_realism.py")
+#: the modules that take longest, longest first (their summed test times in one ``make test --junitxml`` run,
+#: 2026-12), run first: ``make test``'s two workers take whole modules in collection order (``--dist loadscope
+#: --no-loadscope-reorder``), so starting with the longest lets them finish together. Order only; the other
+#: modules follow in pytest's own order.
+SLOWEST_MODULES_FIRST = ("test_pipeline_flow.py", "test_models.py", "test_query.py", "test_set_model.py",
+                         "test_bayes.py", "test_flow.py", "test_synth_io.py", "test_synth_physics.py",
+                         "test_flow_trust.py", "test_inference.py", "test_realism.py", "test_determinism.py",
+                         "test_cli.py", "test_galaxy_physics.py", "test_disk_full.py", "test_posterior_validity.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
