@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -30,9 +30,13 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
+@lru_cache(maxsize=64)
 def make_optimizer(train: TrainSpec, steps_per_epoch: int) -> optax.GradientTransformation:
     """Gradient clipping + Adam(W). ``schedule = "cosine"``: a cosine learning-rate decay over ``max_epochs``;
     ``"plateau"``: the rate is a hyperparameter in the optimizer state, set between epochs (:func:`set_learning_rate`).
+
+    Cached: equal arguments return the same (stateless) transformation object, so the compiled epoch, which takes it
+    as a static argument, is compiled once for all members of an ensemble rather than once per member.
     """
     if train.schedule == "cosine":
         rate: Any = optax.cosine_decay_schedule(

@@ -344,3 +344,19 @@ def test_epistemic_spread_is_zero_for_one_network_and_grows_far_from_the_trainin
     far = epistemic_spread(model, xt[:500] + np.array([4.0, 8.0]), grid)  # x ~ 4-6 sigma beyond the training data
     assert (inside > 0).all()
     assert np.median(far) > 3 * np.median(inside)
+
+
+def test_an_ensemble_compiles_its_training_epoch_once(toy_data):
+    """Equal training settings give the same optimizer object, so the jitted epoch (which takes the optimizer as a
+    static argument) is compiled for the first member and reused by the others: compilation, not training, is most
+    of a small ensemble's time."""
+    from models.training import make_optimizer, scan_epoch
+
+    x, y, _, _ = toy_data
+    spec = SPECS["mdn"]
+    train = TrainSpec(ensemble=1, batch_size=256, max_epochs=2, patience=2, learning_rate=1e-3)
+    assert make_optimizer(train, 7) is make_optimizer(train, 7)
+    fit(spec, x_train=x[:3000], y_train=y[:3000], x_val=x[3000:3500], y_val=y[3000:3500], train=train, seed=0)
+    compiled = scan_epoch._cache_size()
+    fit(spec, x_train=x[:3000], y_train=y[:3000], x_val=x[3000:3500], y_val=y[3000:3500], train=train, seed=1)
+    assert scan_epoch._cache_size() == compiled
