@@ -50,6 +50,8 @@ def acceptance(metrics: dict[str, Any], main_kind: str) -> dict[str, Any]:
 
     scatter_ok = main["scatter"] is not None and ms is not None and main["scatter"] <= MSIGMA_SCATTER_FRACTION * ms
     verdicts: dict[str, Any] = {
+        "every_held_out_row_has_a_posterior": {"pass": metrics["n_invalid_posteriors"] == 0,
+                                               "n_invalid": metrics["n_invalid_posteriors"]},
         "bias_within_max_0.02_or_2se_in_every_bin": {"pass": not bad, "bins_checked": len(bins),
                                                       "failing_bins": [(b["lo"], round(b["bias"], 4)) for b in bad]},
         "scatter_at_most_half_msigma": {"pass": bool(scatter_ok), "scatter": main["scatter"], "msigma_scatter": ms},

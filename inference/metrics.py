@@ -123,15 +123,21 @@ def calibrate(true: np.ndarray, post: DensityPosteriors) -> Calibration:
 
 
 def validation_metrics(true: np.ndarray, n_hosts: int, *, methods: dict[str, dict[str, Any]], cal: Calibration,
-                       main_kind: str, target_name: str, msigma_fit: dict[str, Any]) -> dict[str, Any]:
+                       main_kind: str, target_name: str, msigma_fit: dict[str, Any], n_invalid: int
+                       ) -> dict[str, Any]:
     """The metrics.json document (without the acceptance verdicts): headline numbers of the main model, coverage,
-    PIT, the baselines and every method's accuracy. NaN becomes None (JSON)."""
+    PIT, the baselines and every method's accuracy. NaN becomes None (JSON).
+
+    ``n_invalid``: how many held-out rows the main model gave no posterior for (network output NaN or +inf, flag
+    ``INVALID_OUTPUT``): such rows are skipped by the scatter and counted as misses by the coverage, so they are
+    reported, and judged, on their own (``n_invalid_posteriors``)."""
     main_row = methods[f"{main_kind}_corrected_mode"]
     c68, c95 = cal.headline_corrected
     u68, u95 = cal.headline_uncorrected
     metrics: dict[str, Any] = {
         "n_test": len(true),
         "n_test_hosts": n_hosts,
+        "n_invalid_posteriors": int(n_invalid),
         "n_test_1e14_1e15": main_row["n"],
         "target_prior": target_name,
         "estimator": f"{main_kind} corrected posterior mode",

@@ -63,6 +63,12 @@ def density_posteriors(model: TrainedModel, x: np.ndarray, prior: str, snapshot:
                              setup.target.name)
 
 
+def invalid_rows(pdf: np.ndarray) -> int:
+    """How many rows of posterior pdfs (N, G) are not densities (any NaN or inf: the INVALID_OUTPUT rows of
+    :mod:`inference.posterior`)."""
+    return int(np.count_nonzero(~np.isfinite(np.asarray(pdf)).all(axis=1)))
+
+
 def main_kind_of(models: dict[str, TrainedModel], main: str | None) -> str:
     """The model that gives the headline numbers: ``main``, or the flow, or the first density model."""
     density = [k for k, m in models.items() if m.spec.is_density]
@@ -97,7 +103,7 @@ def evaluate(test: pd.DataFrame, models: dict[str, TrainedModel], msigma: MSigma
     cal = calibrate(true, density[main_kind])
     metrics = validation_metrics(true, int(test["cluster_id"].nunique()), methods=methods, cal=cal,
                                  main_kind=main_kind, target_name=density[main_kind].target_name,
-                                 msigma_fit=msigma.to_dict())
+                                 msigma_fit=msigma.to_dict(), n_invalid=invalid_rows(density[main_kind].pdf))
     metrics["acceptance"] = json_safe(acceptance(metrics, main_kind))
     return Validation(metrics, methods, true, estimates, cal, density[main_kind])
 

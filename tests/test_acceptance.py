@@ -19,6 +19,7 @@ def _metrics(**changes) -> dict:
     """A metrics document that passes every criterion; ``changes`` edit it."""
     bins = [_bin(round(14.0 + 0.1 * i, 6), 0.0) for i in range(10)]
     m = {
+        "n_invalid_posteriors": 0,
         "coverage_68": 0.68,
         "coverage_95": 0.95,
         "methods": {
@@ -105,3 +106,20 @@ def test_dynamics_model_on_thinned_members_is_judged_when_validated():
     assert not passed(acceptance(m, "flow"))
     m["dynamics_thinned"] = good | {"coverage_68": 0.72}
     assert not acceptance(m, "flow")["dynamics_model_on_members_thinned_to_40pc"]["pass"]
+
+
+def test_a_held_out_row_without_a_posterior_fails_the_validation():
+    """A row the network answered with NaN (flag INVALID_OUTPUT) would only lower the coverage a little and vanish
+    from the scatter: it fails the validation on its own."""
+    verdicts = acceptance(_metrics(n_invalid_posteriors=1), "flow")
+    assert verdicts["every_held_out_row_has_a_posterior"] == {"pass": False, "n_invalid": 1}
+    assert not passed(verdicts)
+
+
+def test_invalid_rows_counts_rows_with_any_nan_or_inf():
+    from inference.validate import invalid_rows
+
+    pdf = np.ones((5, 4))
+    pdf[1, 2], pdf[3, :], pdf[4, 0] = np.nan, np.nan, np.inf
+    assert invalid_rows(pdf) == 3
+    assert invalid_rows(np.ones((2, 4))) == 0

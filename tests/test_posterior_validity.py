@@ -193,3 +193,19 @@ def test_a_real_catalog_flags_broken_rows_too(models, tmp_path, capsys, monkeypa
     assert code == 0, err
     t = read_catalog(tmp_path / "cat" / "catalog.h5")
     assert len(t) == 1 and t["flags"][0] & INVALID and np.isnan(t["log10_m200c_median"][0])
+
+
+def test_validation_counts_held_out_rows_without_a_posterior(models, monkeypatch):
+    """`validate` (inference.validate.evaluate) reports the main model's INVALID_OUTPUT rows and fails on them."""
+    from inference.validate import evaluate
+    from models.msigma import FEATURE, fit_msigma
+    from models.stage import load_models
+
+    table = _table(12)
+    features = list(json.loads((models / "flow" / "model.json").read_text())["features"])
+    loaded = {"flow": load_models(models)["flow"]}
+    msigma = fit_msigma(table[FEATURE].to_numpy(), table["log10_m200c_true"].to_numpy())
+    _corrupt(monkeypatch, table.loc[4, features].to_numpy(np.float64), np.nan)
+    metrics = evaluate(table, loaded, msigma, prior="flat", snapshot=SNAPSHOT).metrics
+    assert metrics["n_invalid_posteriors"] == 1
+    assert metrics["acceptance"]["every_held_out_row_has_a_posterior"] == {"pass": False, "n_invalid": 1}
