@@ -42,6 +42,15 @@ def states(summary: dict) -> dict[str, str]:
     return {stage: rec["state"] for stage, rec in summary["stages"].items()}
 
 
+def prefect_api_url() -> str:
+    """The URL of the session's temporary Prefect server (``prefect_harness``), for a command this test starts."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "no Prefect server in this session"
+    return url
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, tiny_run_config):
     """(config path, run directory, summary) of one uninterrupted run."""
@@ -146,7 +155,9 @@ def test_deleted_outputs_are_recomputed_not_trusted(first_run):
 def test_killed_run_resumes_to_identical_catalogs(first_run, tmp_path):
     cfg, reference, _ = first_run
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the module's Prefect server, not a temporary one of its own (~8 s to start; a killed run taking its own server
+    # with it is tests/test_flow_trust.py's)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_API_URL": prefect_api_url()}
     proc = subprocess.Popen([sys.executable, "-m", "clustermass", "run", "--config", str(cfg), "--out", str(out),
                              "--quiet"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
