@@ -232,9 +232,9 @@ def test_epistemic_configuration_is_validated_with_one_line_errors():
 def test_train_model_with_bayes_by_backprop_predicts_the_mixture_over_weight_draws(tmp_path):
     from models.model import epistemic_spread, log_prob_grid, train_model, weight_sets
 
-    x, y = toy_1d(3000, 2)
+    x, y = toy_1d(1000, 2)
     model, hist = train_model(x, y, np.arange(len(y)), feature_names=["x"], spec=TOY_SPEC,
-                              train=TrainSpec(epistemic="bayes_by_backprop", batch_size=128, max_epochs=5,
+                              train=TrainSpec(epistemic="bayes_by_backprop", batch_size=128, max_epochs=2,
                                               weight_draws=4))
     assert len(model.members) == 1 and len(hist) == 1 and set(model.members[0]) == {"loc", "rho"}
     assert weight_sets(model).size == 4

@@ -130,8 +130,8 @@ def test_each_member_trains_on_the_training_hosts_with_its_own_seed(monkeypatch,
 def test_ensemble_predictive_is_the_equal_weight_mixture(toy_data):
     x, y, xt, yt = toy_data
     spec = ModelSpec(kind="mdn", hidden=(16,), n_components=2)
-    train = TrainSpec(ensemble=3, max_epochs=3, patience=3, batch_size=1024)
-    model, hist = train_model(x[:5000], y[:5000], np.arange(5000), feature_names=["a", "b"], spec=spec, train=train)
+    train = TrainSpec(ensemble=3, max_epochs=2, patience=2, batch_size=1024)
+    model, hist = train_model(x[:2000], y[:2000], np.arange(2000), feature_names=["a", "b"], spec=spec, train=train)
     assert len(model.members) == 3 and len(hist) == 3
     singles = [log_prob(model.__class__(**{**model.__dict__, "members": (p,)}), xt[:50], yt[:50])
                for p in model.members]
@@ -228,8 +228,8 @@ def test_mse_baseline_learns_the_posterior_mean(toy_data):
 def test_mc_dropout_predictive_is_normalised(toy_data):
     x, y, xt, _ = toy_data
     spec = ModelSpec(kind="mdn", hidden=(32, 32), n_components=3, dropout=0.1)
-    model, _ = train_model(x[:6000], y[:6000], np.arange(6000), feature_names=["a", "b"], spec=spec,
-                           train=TrainSpec(ensemble=1, max_epochs=5, mc_samples=8, batch_size=512))
+    model, _ = train_model(x[:2000], y[:2000], np.arange(2000), feature_names=["a", "b"], spec=spec,
+                           train=TrainSpec(ensemble=1, max_epochs=2, mc_samples=8, batch_size=512))
     grid = np.linspace(-2, 3.5, 1101)
     lp = log_prob_grid(model, xt[:20], grid)
     np.testing.assert_allclose(np.trapezoid(np.exp(lp), grid, axis=1), 1.0, atol=3e-3)
