@@ -1,8 +1,8 @@
 """Trust in run directories: a cached result is data and can never run code; a killed run leaves no process behind.
 
 Issue 14 (items 1 and 6). The payloads here are live: the control test shows Prefect's own storage executing them
-(the pre-fix cache). Costs: the killed-run test ~40 s on 2 busy cores (interpreter and server start-up); the rest
-well under a second each.
+(the pre-fix cache). Costs: the killed-run test ~18 s (2 cores; the interpreter and its own server starting); the
+rest well under a second each.
 The flow-level check (every cached result of a finished run replaced by such a payload, then a re-run) is in
 tests/test_pipeline_flow.py, beside the run it reuses.
 """
