@@ -76,6 +76,25 @@ def build_model(directory: Path, feature_set: str = "full", kind: str = "flow") 
     return save_model(directory, model, extra=extra)
 
 
+def sky_cluster_files(d: Path, *, z: float = 0.117, ra: float = 150.0, dec: float = 2.0) -> tuple[Path, Path]:
+    """(galaxy table, centres) CSV files in ``d`` of one toy cluster (:func:`toy_clusters`, seed 3) seen on the sky
+    at redshift ``z`` and (``ra``, ``dec``) [deg]: what ``infer --members --clusters`` reads."""
+    from features.sky import C_KMS, comoving_distance
+    from pipeline.cosmology import MDPL2
+
+    _, r, v, m, _ = toy_clusters(1, seed=3)
+    rng = np.random.default_rng(0)
+    theta, phi = r / comoving_distance(z, MDPL2), rng.uniform(0, 2 * np.pi, len(r))
+    dec_g = dec + np.degrees(theta * np.sin(phi))
+    ra_g = ra + np.degrees(theta * np.cos(phi)) / np.cos(np.radians(dec))
+    galaxies = d / "g.csv"
+    np.savetxt(galaxies, np.column_stack([ra_g, dec_g, z + v * (1 + z) / C_KMS, m]), delimiter=",",
+               header="ra,dec,z,log10_mstar", comments="")
+    centres = d / "c.csv"
+    centres.write_text(f"id,ra,dec,z\n1,{ra},{dec},{z}\n")
+    return galaxies, centres
+
+
 def build_run_models(root: Path) -> Path:
     """A run's model directory: ``flow/`` (full) and ``dynamics/flow/``."""
     build_model(root / "flow", "full")

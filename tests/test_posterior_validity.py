@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from test_model_files import R_APERTURE, SNAPSHOT, build_run_models, toy_clusters
+from test_model_files import R_APERTURE, SNAPSHOT, build_run_models, sky_cluster_files, toy_clusters
 
 import inference.posterior as posterior
 from catalogs.io import read_catalog
@@ -172,20 +172,7 @@ def test_query_flags_a_posterior_without_support(models, tmp_path, capsys, monke
 
 def test_a_real_catalog_flags_broken_rows_too(models, tmp_path, capsys, monkeypatch):
     """`infer` (catalogs/real.py) carries the posterior's bits into the flags column like the run's catalogs."""
-    from features.sky import C_KMS, comoving_distance
-    from pipeline.cosmology import MDPL2
-
-    z_c, ra_c, dec_c = 0.117, 150.0, 2.0
-    _, r, v, m, _ = toy_clusters(1, seed=3)
-    rng = np.random.default_rng(0)
-    theta, phi = r / comoving_distance(z_c, MDPL2), rng.uniform(0, 2 * np.pi, len(r))
-    dec = dec_c + np.degrees(theta * np.sin(phi))
-    ra = ra_c + np.degrees(theta * np.cos(phi)) / np.cos(np.radians(dec_c))
-    galaxies = tmp_path / "g.csv"
-    np.savetxt(galaxies, np.column_stack([ra, dec, z_c + v * (1 + z_c) / C_KMS, m]), delimiter=",",
-               header="ra,dec,z,log10_mstar", comments="")
-    centres = tmp_path / "c.csv"
-    centres.write_text(f"id,ra,dec,z\n1,{ra_c},{dec_c},{z_c}\n")
+    galaxies, centres = sky_cluster_files(tmp_path)
     _corrupt(monkeypatch, None, np.nan)
     code = main(["infer", "--model", str(models), "--members", str(galaxies), "--clusters", str(centres), "--out",
                  str(tmp_path / "cat")])

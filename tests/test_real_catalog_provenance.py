@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
-from test_model_files import build_run_models, toy_clusters
+from test_model_files import build_run_models, sky_cluster_files
 
 from catalogs.io import read_catalog
 from clustermass.cli import main
-from features.sky import C_KMS, comoving_distance
-from pipeline.cosmology import MDPL2
-
-Z_C, RA_C, DEC_C = 0.117, 150.0, 2.0
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +18,7 @@ def inputs(tmp_path_factory):
     """(model directory, galaxy table, centres) of one toy cluster seen on the sky."""
     d = tmp_path_factory.mktemp("real")
     models = build_run_models(d / "model")
-    _, r, v, m, _ = toy_clusters(1, seed=3)
-    rng = np.random.default_rng(0)
-    theta, phi = r / comoving_distance(Z_C, MDPL2), rng.uniform(0, 2 * np.pi, len(r))
-    dec = DEC_C + np.degrees(theta * np.sin(phi))
-    ra = RA_C + np.degrees(theta * np.cos(phi)) / np.cos(np.radians(DEC_C))
-    galaxies = d / "g.csv"
-    np.savetxt(galaxies, np.column_stack([ra, dec, Z_C + v * (1 + Z_C) / C_KMS, m]), delimiter=",",
-               header="ra,dec,z,log10_mstar", comments="")
-    centres = d / "c.csv"
-    centres.write_text(f"id,ra,dec,z\n1,{RA_C},{DEC_C},{Z_C}\n")
+    galaxies, centres = sky_cluster_files(d)
     return models, galaxies, centres
 
 
