@@ -91,12 +91,15 @@ def test_photometric_scatter_and_draw_count():
     assert rng.random() == ref.random()
 
 
+def _galaxies(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stellar mass [Msun], is satellite, host mass [Msun/h]) of ``n`` galaxies spread over the ranges that matter."""
+    rng = np.random.default_rng(seed)
+    return 10 ** rng.uniform(9.0, 12.0, n), rng.random(n) < 0.3, 10 ** rng.uniform(12.0, 15.0, n)
+
+
 def test_star_formation_state_is_the_quenching_draw():
-    rng = np.random.default_rng(3)
     n = 20_000
-    sm = 10 ** rng.uniform(9.0, 12.0, n)
-    is_sat = rng.random(n) < 0.3
-    host = 10 ** rng.uniform(12.0, 15.0, n)
+    sm, is_sat, host = _galaxies(3, n)
     z = 0.117
     _, quenched = sample_star_formation_state(np.random.default_rng(5), sm, is_sat, host, MDPL2, z)
     # the draws it makes first: ra, then the quenching uniforms
@@ -117,11 +120,8 @@ def test_star_formation_follows_the_published_recipes():
 
     Every constant here is typed from the papers (or derived by hand), not read from the module.
     """
-    rng = np.random.default_rng(8)
     n = 40_000
-    sm = 10 ** rng.uniform(9.0, 12.0, n)
-    is_sat = rng.random(n) < 0.3
-    host = 10 ** rng.uniform(12.0, 15.0, n)
+    sm, is_sat, host = _galaxies(8, n)
     z = 0.117
     sf, quenched = sample_star_formation_state(np.random.default_rng(6), sm, is_sat, host, MDPL2, z)
     assert 0.2 < quenched.mean() < 0.8  # both populations well sampled

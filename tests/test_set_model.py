@@ -67,12 +67,19 @@ def outputs(spec, sspec, params, members, mask, context) -> np.ndarray:
     return np.concatenate([np.asarray(leaf).reshape(len(mask), -1) for leaf in jax.tree_util.tree_leaves(out)], 1)
 
 
+def perturbed_params(sspec, n_context: int, *, seed: int):
+    """Initial parameters of a flow set network with every weight moved by N(0, 0.3): no symmetry of the
+    initialisation (e.g. zero biases) can hide a dependence the test looks for."""
+    params = init_set_params(FLOW, sspec, n_context, jax.random.PRNGKey(seed))
+    noise = np.random.default_rng(seed + 2)
+    return jax.tree_util.tree_map(lambda a: a + 0.3 * noise.normal(size=a.shape), params)
+
+
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_outputs_do_not_depend_on_the_order_of_the_members(pooling):
     rng = np.random.default_rng(1)
     sspec = set_spec(pooling)
-    params = init_set_params(FLOW, sspec, 1, jax.random.PRNGKey(0))
-    params = jax.tree_util.tree_map(lambda a: a + 0.3 * np.random.default_rng(2).normal(size=a.shape), params)
+    params = perturbed_params(sspec, 1, seed=0)
     members, mask = padded_inputs(rng, [5, 16, 1, 9], 16)
     context = rng.normal(size=(4, 1)).astype(np.float32)
     base = outputs(FLOW, sspec, params, members, mask, context)
@@ -89,8 +96,7 @@ def test_outputs_do_not_depend_on_the_order_of_the_members(pooling):
 def test_masked_padding_changes_nothing(pooling):
     rng = np.random.default_rng(3)
     sspec = set_spec(pooling)
-    params = init_set_params(FLOW, sspec, 0, jax.random.PRNGKey(1))
-    params = jax.tree_util.tree_map(lambda a: a + 0.3 * np.random.default_rng(4).normal(size=a.shape), params)
+    params = perturbed_params(sspec, 0, seed=1)
     members, mask = padded_inputs(rng, [3, 8, 1], 8)
     context = np.zeros((3, 0), np.float32)
     base = outputs(FLOW, sspec, params, members, mask, context)
