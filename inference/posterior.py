@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,8 @@ from inference import summaries
 from inference.diagnostics import FLAGS
 from inference.priors import TargetPrior, resolve
 from models.model import TrainedModel, grid_density
+from models.set_batches import SetData
+from models.set_model import TrainedSetModel, set_grid_density
 from pipeline.snapshot import Snapshot
 
 P_TRAIN_FLOOR = 1e-3
@@ -51,13 +54,13 @@ UNCORRECTED_NAMES = ("uncorrected_mode", "uncorrected_mean")
 SUMMARY_COLUMNS = {name: f"log10_m200c_{name}" for name in SUMMARY_NAMES + UNCORRECTED_NAMES}
 
 
-def default_grid(model: TrainedModel, n: int = GRID_POINTS) -> np.ndarray:
+def default_grid(model: DensityModel, n: int = GRID_POINTS) -> np.ndarray:
     """``n`` points spanning the training range of log10 M200c (the interim prior's support)."""
     g = np.asarray(model.training_prior.grid)
     return np.linspace(g[0], g[-1], n)
 
 
-def p_train_on(model: TrainedModel, grid: np.ndarray) -> np.ndarray:
+def p_train_on(model: DensityModel, grid: np.ndarray) -> np.ndarray:
     return model.training_prior(np.asarray(grid))
 
 
@@ -156,24 +159,42 @@ def _workers() -> int:
     return max(1, min(8, cores))
 
 
-def iter_posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,
-                    chunk: int = 1024, with_raw: bool = False) -> Iterator[PosteriorBlock]:
-    """Posteriors of raw feature rows ``x`` (N, F) under ``prior``, block by block, in order.
+#: a density model of either family: summary features (:class:`models.model.TrainedModel`) or member sets
+#: (:class:`models.set_model.TrainedSetModel`)
+DensityModel = TrainedModel | TrainedSetModel
+#: what a density model reads: feature rows (N, F) of a feature model, the member sets of a set model
+#: (:func:`models.set_model.set_data`)
+ModelInputs = np.ndarray | SetData
 
-    Every network of the predictive mixture runs once per row (:func:`models.model.grid_density`); blocks of
-    ``chunk`` rows (the last padded, so one shape compiles) are evaluated on a few threads at once (one per usable
-    core). Each block's numbers do not depend on how many run at once. Memory: a few blocks. With ``with_raw``
-    each block also carries the uncorrected posterior.
+
+def model_density(model: DensityModel, grid: np.ndarray) -> Any:
+    """The block-wise ``log q(grid | inputs)`` per dex of either model family (:func:`models.model.grid_density`,
+    :func:`models.set_model.set_grid_density`)."""
+    if isinstance(model, TrainedSetModel):
+        return set_grid_density(model, grid)
+    return grid_density(model, grid)
+
+
+def iter_posteriors(model: DensityModel, x: ModelInputs, grid: np.ndarray, prior: TargetPrior, *,
+                    chunk: int = 1024, with_raw: bool = False) -> Iterator[PosteriorBlock]:
+    """Posteriors of the inputs ``x`` under ``prior``, block by block, in order: raw feature rows (N, F) of a
+    feature model, or the member sets (:class:`~models.set_batches.SetData`) of a set model.
+
+    Every network of the predictive mixture runs once per row (:func:`model_density`); blocks of ``chunk`` rows
+    (feature rows: the last padded, so one shape compiles; sets are padded in size buckets by the set model) are
+    evaluated on a few threads at once (one per usable core). Each block's numbers do not depend on how many run at
+    once. Memory: a few blocks. With ``with_raw`` each block also carries the uncorrected posterior.
     """
     ratio = jnp.asarray(log_prior_ratio(p_train_on(model, grid), prior), dtype=jnp.float32)
     g = jnp.asarray(grid, dtype=jnp.float32)
-    density = grid_density(model, grid)
+    density = model_density(model, grid)
     n = len(x)
 
     def block(start: int) -> PosteriorBlock:
-        xb = np.asarray(x[start:start + chunk])
+        xb = x[start:start + chunk]
+        xb = xb if isinstance(xb, SetData) else np.asarray(xb)
         rows = len(xb)
-        if rows < chunk and n > chunk:
+        if rows < chunk and n > chunk and not isinstance(xb, SetData):
             xb = np.pad(xb, ((0, chunk - rows), (0, 0)))
         out = posterior_block(density(xb), ratio, g)
         values = {k: np.asarray(v[:rows], dtype=np.float32) for k, v in out.items()
@@ -197,14 +218,14 @@ def iter_posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior:
             yield pending.popleft().result()
 
 
-def posteriors(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,
+def posteriors(model: DensityModel, x: ModelInputs, grid: np.ndarray, prior: TargetPrior, *,
                chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """All posteriors in memory: pdf (N, G) and summaries (N,) — for modest N; use :func:`iter_posteriors` else."""
     pdf, values, _ = posteriors_with_raw(model, x, grid, prior, chunk=chunk)
     return pdf, values
 
 
-def posteriors_with_raw(model: TrainedModel, x: np.ndarray, grid: np.ndarray, prior: TargetPrior, *,
+def posteriors_with_raw(model: DensityModel, x: ModelInputs, grid: np.ndarray, prior: TargetPrior, *,
                         chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """:func:`posteriors` and the uncorrected pdf (N, G), from one pass of the network."""
     pdfs, vals, raws = [], [], []
@@ -226,7 +247,7 @@ class PosteriorSetup:
     Made by :func:`prepare`; the one entry point used by catalogs, validation and ``clustermass query``.
     """
 
-    model: TrainedModel
+    model: DensityModel
     grid: np.ndarray
     target: TargetPrior
 
@@ -235,21 +256,21 @@ class PosteriorSetup:
         """The interim prior (the training set's KDE) on the grid, per dex."""
         return p_train_on(self.model, self.grid)
 
-    def blocks(self, x: np.ndarray, *, chunk: int = 1024) -> Iterator[PosteriorBlock]:
+    def blocks(self, x: ModelInputs, *, chunk: int = 1024) -> Iterator[PosteriorBlock]:
         """Posteriors of raw feature rows ``x`` (N, F), block by block (see :func:`iter_posteriors`)."""
         return iter_posteriors(self.model, x, self.grid, self.target, chunk=chunk)
 
-    def evaluate_with_raw(self, x: np.ndarray, *, chunk: int = 1024
+    def evaluate_with_raw(self, x: ModelInputs, *, chunk: int = 1024
                           ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         """:meth:`evaluate` and the uncorrected pdf (N, G), from one pass of the network."""
         return posteriors_with_raw(self.model, x, self.grid, self.target, chunk=chunk)
 
-    def evaluate(self, x: np.ndarray, *, chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def evaluate(self, x: ModelInputs, *, chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """All posteriors of ``x`` in memory: pdf (N, G) and summaries (N,) (see :func:`posteriors`)."""
         return posteriors(self.model, x, self.grid, self.target, chunk=chunk)
 
 
-def prepare(model: TrainedModel, prior: str, *, snapshot: Snapshot | None) -> PosteriorSetup:
+def prepare(model: DensityModel, prior: str, *, snapshot: Snapshot | None) -> PosteriorSetup:
     """The posterior set-up of ``model`` under the target prior named ``prior``.
 
     ``prior``: ``flat``, ``tinker08`` (needs ``snapshot``: redshift and cosmology), ``training`` (no correction)

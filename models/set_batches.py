@@ -121,6 +121,16 @@ class SetData:
         idx = np.repeat(self.offsets[:-1][rows] - offsets[:-1], counts) + np.arange(offsets[-1], dtype=np.int64)
         return SetData(offsets, self.inputs[idx], self.context[rows], self.y[rows])
 
+    def __len__(self) -> int:
+        """The number of observations (so that block iteration treats a SetData like rows of features)."""
+        return self.n_obs
+
+    def __getitem__(self, rows: slice) -> SetData:
+        """The observations of a slice, e.g. ``data[start:start + chunk]`` (a block of rows)."""
+        if not isinstance(rows, slice):
+            raise TypeError(f"SetData rows: expected a slice (use take() for an index), got {type(rows).__name__}")
+        return self.take(np.arange(self.n_obs)[rows])
+
 
 # -- the cap and thinning ---------------------------------------------------------------------------------------
 def cap_keep(counts: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
