@@ -6,6 +6,13 @@ data, the train/validation split and per-member histories, and the SHA-256 of ev
 ``DIR/member-K.msgpack`` — the parameters of ensemble member K; for ``epistemic = "bayes_by_backprop"`` the one
 member is the variational pytree ``{"loc": params, "rho": params}`` (:mod:`models.bayes`), and ``model.json``'s
 ``"epistemic"`` records the method, the prior scale and the number of weight draws at prediction.
+A set model (``kind = "set"``, :class:`models.set_model.TrainedSetModel`) stores instead of the feature scaler:
+``set_encoder`` (its :class:`~models.set_encoder.SetSpec`: member inputs, phi widths, pooling, attention heads and
+queries, the member cap), ``feature_set`` (``full`` or ``dynamics``: which members it reads), ``context`` (the
+names of its context columns and their scaler), ``target.learned`` (``"mass"`` or ``"msigma_residual"``, whose
+scaler ``target`` holds) and for the residual ``msigma``, the M-sigma law its densities are shifted by; ``model``
+is its trunk and density head (``kind`` flow or mdn), ``features`` its feature set's summary features, which only
+the diagnostics (typicality) read. :func:`load_model` returns either kind of model.
 Loading checks all of it and refuses a mismatched or corrupted file with one clear error naming the file and the
 key (:func:`check_description`): types and shapes; finite scalers with std > 0, one entry per feature; known
 feature names without repeats, in the scaler's order (``feature_scaler.features``); a training prior that is finite,
@@ -37,9 +44,13 @@ from features.definitions import FEATURE_NAMES
 from features.sets import FEATURE_SETS
 from models.bayes import init_variational
 from models.model import TARGET, TARGET_UNIT, TrainedModel
+from models.msigma import MSigmaFit
 from models.networks import init_params
 from models.prior import TrainingPrior
-from models.spec import KINDS, History, ModelSpec, Standardizer, TrainSpec
+from models.set_batches import MEMBER_INPUTS
+from models.set_encoder import SetSpec, init_set_params
+from models.set_model import SET_FEATURE_SETS, SET_KIND, TARGETS, TrainedSetModel, context_names
+from models.spec import MODEL_KINDS, History, ModelSpec, Standardizer, TrainSpec
 from pipeline.errors import ClusterMassError, InputError
 from pipeline.files import atomic_output
 from pipeline.provenance import _drop_timings as drop_timings
@@ -65,16 +76,16 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def save_model(directory: str | os.PathLike[str], model: TrainedModel, *,
+def save_model(directory: str | os.PathLike[str], model: TrainedModel | TrainedSetModel, *,
                histories: Sequence[History] = (), extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``directory`` (replaced if it exists)."""
+    """Write ``model`` (a feature model or a set model) to ``directory`` (replaced if it exists)."""
     target = Path(directory)
     with atomic_output(target, directory=True) as tmp:  # removed on any failure; a full disk names the directory
         _write_model(tmp, model, histories=histories, extra=extra)
     return target
 
 
-def _write_model(tmp: Path, model: TrainedModel, *, histories: Sequence[History],
+def _write_model(tmp: Path, model: TrainedModel | TrainedSetModel, *, histories: Sequence[History],
                  extra: dict[str, Any] | None) -> None:
     """The member files and model.json of ``model`` in the (temporary) directory ``tmp``."""
     members = []
@@ -87,12 +98,13 @@ def _write_model(tmp: Path, model: TrainedModel, *, histories: Sequence[History]
     description = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "kind": model.spec.kind,
+        "kind": model.kind if isinstance(model, TrainedSetModel) else model.spec.kind,
         "model": model.spec.to_dict(),
         "training": model.train.to_dict(),
         "features": list(model.feature_names),
-        "feature_scaler": {"features": list(model.feature_names), **model.x_scaler.to_dict()},
-        "target": {"name": TARGET, "unit": TARGET_UNIT, **model.y_scaler.to_dict()},
+        **(_set_description(model) if isinstance(model, TrainedSetModel) else
+           {"feature_scaler": {"features": list(model.feature_names), **model.x_scaler.to_dict()},
+            "target": {"name": TARGET, "unit": TARGET_UNIT, **model.y_scaler.to_dict()}}),
         "training_prior": model.training_prior.to_dict(),
         "training_data_sha256": model.data_digest,
         "split": model.split,
@@ -102,6 +114,19 @@ def _write_model(tmp: Path, model: TrainedModel, *, histories: Sequence[History]
         **(extra or {}),
     }
     write_description(tmp, description)
+
+
+def _set_description(model: TrainedSetModel) -> dict[str, Any]:
+    """What a set model adds to ``model.json`` (module docstring): its encoder, feature set, target and context."""
+    context: dict[str, Any] = {"names": list(model.context_names)}
+    if model.ctx_scaler is not None:
+        context |= model.ctx_scaler.to_dict()
+    out = {"set_encoder": model.set_spec.to_dict(), "feature_set": model.feature_set, "context": context,
+           "target": {"name": TARGET, "unit": TARGET_UNIT, "learned": model.target, **model.y_scaler.to_dict()}}
+    if model.msigma is not None:
+        out["msigma"] = {"feature": "members' ddof-1 line-of-sight velocity dispersion",
+                         "unit": {"sigma_v": "km/s", "M200c": "Msun/h"}, **model.msigma.to_dict()}
+    return out
 
 
 def epistemic_description(train: TrainSpec) -> dict[str, Any]:
@@ -179,8 +204,11 @@ def read_description(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def load_model(directory: str | os.PathLike[str], *, features: Sequence[str] | None = None) -> TrainedModel:
-    """Read a model written by :func:`save_model`. ``features``: the caller's feature names, which must match.
+def load_model(directory: str | os.PathLike[str], *, features: Sequence[str] | None = None
+               ) -> TrainedModel | TrainedSetModel:
+    """Read a model written by :func:`save_model`: a :class:`~models.set_model.TrainedSetModel` for ``kind``
+    ``"set"``, else a :class:`~models.model.TrainedModel`. ``features``: the caller's feature names, which must
+    match (a set model's are its feature set's summary features, which only its diagnostics read).
 
     Checks, in order, each failure one line naming the file and the key: the description's schema
     (:func:`check_description`), the caller's features, every parameter file (inside the directory, SHA-256,
@@ -191,15 +219,37 @@ def load_model(directory: str | os.PathLike[str], *, features: Sequence[str] | N
     spec = ModelSpec.from_dict(meta["model"])
     train = TrainSpec(**meta["training"])
     names = tuple(meta["features"])
-    x_scaler = Standardizer.from_dict(meta["feature_scaler"])
-    y_scaler = Standardizer.from_dict(meta["target"])
     prior = TrainingPrior.from_dict(meta["training_prior"])
     if features is not None and tuple(features) != names:
         missing = [f for f in names if f not in features]
         extra = [f for f in features if f not in names]
         detail = f"missing {missing}, unexpected {extra}" if missing or extra else "same names, different order"
         raise InputError(d, f"features do not match the model's ({detail}); expected {list(names)}")
-    template = parameter_template(spec, train, len(names))
+    y_scaler = Standardizer.from_dict(meta["target"])
+    if meta["kind"] == SET_KIND:
+        set_spec = SetSpec.from_dict(meta["set_encoder"])
+        context = meta["context"]
+        names_ctx = tuple(context["names"])
+        template = init_set_params(spec, set_spec, len(names_ctx), jax.random.PRNGKey(0))
+        members = _read_members(d, meta_path, meta, template)
+        _verify_digest(meta_path, meta)
+        learned = meta["target"]["learned"]
+        return TrainedSetModel(
+            spec=spec, set_spec=set_spec, train=train, feature_set=str(meta["feature_set"]), target=learned,
+            msigma=MSigmaFit.from_dict(meta["msigma"]) if learned == "msigma_residual" else None,
+            context_names=names_ctx, ctx_scaler=Standardizer.from_dict(context) if names_ctx else None,
+            y_scaler=y_scaler, members=members, training_prior=prior,
+            data_digest=str(meta.get("training_data_sha256", "")), split=dict(meta.get("split", {})))
+    x_scaler = Standardizer.from_dict(meta["feature_scaler"])
+    members = _read_members(d, meta_path, meta, parameter_template(spec, train, len(names)))
+    _verify_digest(meta_path, meta)
+    return TrainedModel(spec, train, names, x_scaler, y_scaler, members, prior,
+                        str(meta.get("training_data_sha256", "")), dict(meta.get("split", {})))
+
+
+def _read_members(d: Path, meta_path: Path, meta: Mapping[str, Any], template: Any) -> tuple[Any, ...]:
+    """Every parameter file of ``meta["members"]``: inside the directory, its SHA-256, read into ``template``'s
+    structure with the same shapes."""
     members = []
     for k, info in enumerate(meta["members"]):
         path = member_path(d, info["file"], meta_path, f"members[{k}].file")
@@ -215,9 +265,7 @@ def load_model(directory: str | os.PathLike[str], *, features: Sequence[str] | N
         if not shapes_ok:
             raise InputError(path, "parameter shapes do not match the described network")
         members.append(params)
-    _verify_digest(meta_path, meta)
-    return TrainedModel(spec, train, names, x_scaler, y_scaler, tuple(members), prior,
-                        str(meta.get("training_data_sha256", "")), dict(meta.get("split", {})))
+    return tuple(members)
 
 
 _PLAIN_NAME = "expected a file name inside the model directory (no path separators, no '..', not absolute)"
@@ -280,12 +328,12 @@ class _Check:
         return value
 
     def numbers(self, value: Any, key: str, length: int | None = None, *, positive: bool = False,
-                non_negative: bool = False, minimum_length: int = 1) -> np.ndarray:
-        """A list of finite numbers (of ``length``; > 0 or >= 0 where asked)."""
+                non_negative: bool = False, minimum_length: int = 1, per: str = "feature") -> np.ndarray:
+        """A list of finite numbers (of ``length``, one ``per`` something; > 0 or >= 0 where asked)."""
         if not isinstance(value, list):
             raise self.fail(key, f"expected a list of numbers, got {_type(value)}")
         if length is not None and len(value) != length:
-            raise self.fail(key, f"expected {length} entries (one per feature), got {len(value)}")
+            raise self.fail(key, f"expected {length} entries (one per {per}), got {len(value)}")
         if len(value) < minimum_length:
             raise self.fail(key, f"expected at least {minimum_length} entries, got {len(value)}")
         for i, v in enumerate(value):
@@ -309,9 +357,10 @@ def model_feature_set(description: Mapping[str, Any], directory: str | os.PathLi
 
 
 def _pipeline_model(meta: Mapping[str, Any]) -> bool:
-    """Written by the training stage (it records the feature set and the observations): its features must be the
-    package's own. A bare :func:`save_model` of other features is checked against the caller's ``features``."""
-    return "feature_set" in meta or "observations" in meta
+    """Written by the training stage (it records the feature set and the observations), or a set model (whose
+    feature set says which members it reads): its features must be the package's own. A bare :func:`save_model`
+    of other features is checked against the caller's ``features``."""
+    return "feature_set" in meta or "observations" in meta or meta.get("kind") == SET_KIND
 
 
 def check_description(meta: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
@@ -336,8 +385,8 @@ def check_description(meta: Mapping[str, Any], path: str | os.PathLike[str]) -> 
         raise c.fail("format_version", f"{meta.get('format_version')!r} is not supported (expected "
                                        f"{FORMAT_VERSION}); retrain or upgrade clustermass")
     kind = meta.get("kind")
-    if kind not in KINDS:
-        raise c.fail("kind", f"expected one of {list(KINDS)}, got {kind!r}")
+    if kind not in MODEL_KINDS:
+        raise c.fail("kind", f"expected one of {list(MODEL_KINDS)}, got {kind!r}")
     model = c.obj(meta, "model")
     training = c.obj(meta, "training")
     for where, section, spec_class in (("model", model, ModelSpec), ("training", training, TrainSpec)):
@@ -348,7 +397,9 @@ def check_description(meta: Mapping[str, Any], path: str | os.PathLike[str]) -> 
         spec = ModelSpec.from_dict(model)
     except (ClusterMassError, TypeError, ValueError) as exc:
         raise c.fail("model", str(exc).removeprefix("model: ")) from None
-    if spec.kind != kind:
+    if kind == SET_KIND and not spec.is_density:
+        raise c.fail("model.kind", f"expected the density head of a set model ('flow' or 'mdn'), got {spec.kind!r}")
+    if kind != SET_KIND and spec.kind != kind:
         raise c.fail("model.kind", f"expected the model's kind {kind!r}, got {spec.kind!r}")
     try:
         TrainSpec(**training)
@@ -356,13 +407,16 @@ def check_description(meta: Mapping[str, Any], path: str | os.PathLike[str]) -> 
         raise c.fail("training", str(exc).removeprefix("training: ")) from None
     names = _check_features(c, meta)
     n = len(names)
-    scaler = c.obj(meta, "feature_scaler")
-    c.numbers(scaler.get("mean"), "feature_scaler.mean", n)
-    c.numbers(scaler.get("std"), "feature_scaler.std", n, positive=True)
-    if "features" in scaler and scaler["features"] != list(names):
-        raise c.fail("feature_scaler.features", f"the scaler's columns {scaler['features']} are not the model's "
-                                                f"features {list(names)} (reordered?)")
     target = c.obj(meta, "target")
+    if kind == SET_KIND:
+        _check_set(c, meta, training)
+    else:
+        scaler = c.obj(meta, "feature_scaler")
+        c.numbers(scaler.get("mean"), "feature_scaler.mean", n)
+        c.numbers(scaler.get("std"), "feature_scaler.std", n, positive=True)
+        if "features" in scaler and scaler["features"] != list(names):
+            raise c.fail("feature_scaler.features", f"the scaler's columns {scaler['features']} are not the "
+                                                    f"model's features {list(names)} (reordered?)")
     if target.get("name") != TARGET:
         raise c.fail("target.name", f"expected '{TARGET}', got {target.get('name')!r}")
     c.numbers(target.get("mean"), "target.mean", 1)
@@ -396,10 +450,69 @@ def _check_features(c: _Check, meta: Mapping[str, Any]) -> list[str]:
         feature_set = meta["feature_set"]
         if feature_set not in FEATURE_SETS:
             raise c.fail("feature_set", f"expected one of {list(FEATURE_SETS)}, got {feature_set!r}")
-        if feature_set != "full" and names != list(FEATURE_SETS[feature_set]):
+        if meta.get("kind") == SET_KIND and feature_set not in SET_FEATURE_SETS:
+            raise c.fail("feature_set", f"a set model reads the members of one of {list(SET_FEATURE_SETS)}, got "
+                                        f"{feature_set!r}")
+        if (feature_set != "full" or meta.get("kind") == SET_KIND) and names != list(FEATURE_SETS[feature_set]):
             expected = list(FEATURE_SETS[feature_set])
             raise c.fail("features", f"expected the '{feature_set}' set in its order {expected}, got {names}")
     return names
+
+
+def _check_set(c: _Check, meta: Mapping[str, Any], training: Mapping[str, Any]) -> None:
+    """What a set model adds: ``set_encoder`` (every :class:`~models.set_encoder.SetSpec` field, its own checks,
+    the member inputs of the feature set), an ensemble (the only epistemic method of set models), ``target.learned``
+    (one of :data:`models.set_model.TARGETS`) with ``msigma`` exactly when it is the M-sigma residual, and
+    ``context`` (its column names those of the feature set and target, a scaler of one finite entry per column,
+    std > 0)."""
+    encoder = c.obj(meta, "set_encoder")
+    missing = [f.name for f in fields(SetSpec) if f.init and f.name not in encoder]
+    if missing:
+        raise c.fail(f"set_encoder.{missing[0]}", "is missing; retrain the model (`clustermass train`)")
+    try:
+        set_spec = SetSpec.from_dict(encoder)
+    except (ClusterMassError, TypeError, ValueError) as exc:
+        raise c.fail("set_encoder", str(exc).removeprefix("set model: ")) from None
+    feature_set = meta["feature_set"]  # checked by _check_features
+    if set_spec.inputs != MEMBER_INPUTS[feature_set]:
+        raise c.fail("set_encoder.inputs", f"expected the member inputs of the '{feature_set}' set "
+                                           f"{list(MEMBER_INPUTS[feature_set])}, got {list(set_spec.inputs)}")
+    if training.get("epistemic") != "ensemble":
+        raise c.fail("training.epistemic", f"expected 'ensemble' (the only method of set models), got "
+                                           f"{training.get('epistemic')!r}")
+    target = c.obj(meta, "target")
+    if "learned" not in target:
+        raise c.fail("target.learned", "is missing; retrain the model (`clustermass train`)")
+    learned = target["learned"]
+    if learned not in TARGETS:
+        raise c.fail("target.learned", f"expected one of {list(TARGETS)}, got {learned!r}")
+    if learned == "msigma_residual":
+        law = c.obj(meta, "msigma")
+        for key in ("intercept", "slope", "pivot", "scatter"):
+            value = c.number(law.get(key), f"msigma.{key}")
+            if not math.isfinite(value) or (key == "pivot" and value <= 0):
+                raise c.fail(f"msigma.{key}", f"must be finite{' and > 0' if key == 'pivot' else ''}, got "
+                                              f"{value:g}")
+        try:
+            MSigmaFit.from_dict(law)
+        except KeyError as exc:
+            raise c.fail(f"msigma.{exc.args[0]}", "is missing; retrain the model (`clustermass train`)") from None
+        except (TypeError, ValueError, IndexError) as exc:
+            raise c.fail("msigma", f"expected the M-sigma fit of `clustermass train` ({exc})") from None
+    elif "msigma" in meta:
+        raise c.fail("msigma", f"is present, but target.learned is {learned!r} (an M-sigma law belongs to the "
+                               "'msigma_residual' target only)")
+    context = c.obj(meta, "context")
+    names = context.get("names")
+    expected = list(context_names(feature_set, learned))
+    if names != expected:
+        raise c.fail("context.names", f"expected {expected} (the '{feature_set}' set, target {learned!r}), got "
+                                      f"{names!r}")
+    if names:
+        c.numbers(context.get("mean"), "context.mean", len(names), per="context column")
+        c.numbers(context.get("std"), "context.std", len(names), positive=True, per="context column")
+    elif context.get("mean") or context.get("std"):
+        raise c.fail("context", "expected no scaler (mean, std) for a model without context columns")
 
 
 def _check_prior(c: _Check, prior: Mapping[str, Any]) -> None:

@@ -7,7 +7,12 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
+#: the networks' heads (:class:`ModelSpec` ``kind``)
 KINDS = ("mdn", "flow", "mse")
+#: the models a run's model directory may hold (``[train] models``, ``model.json``'s ``kind``): the heads above on
+#: summary features, and ``"set"`` (:data:`models.set_model.SET_KIND`), a set encoder of the members conditioning
+#: a flow (or MDN) head
+MODEL_KINDS = (*KINDS, "set")
 #: how a density model's epistemic (weight) uncertainty is represented (``TrainSpec.epistemic``)
 EPISTEMIC = ("ensemble", "mc_dropout", "bayes_by_backprop")
 

@@ -241,7 +241,7 @@ SCHEMA_CASES = {
     "model spec": (_set("model.hidden", [0]), r"model: hidden must be positive layer widths"),
     "model kind": (_set("model.kind", "mdn"), r"model\.kind: expected the model's kind 'flow', got 'mdn'"),
     "training spec": (_set("training.batch_size_typo", 3), r"training: .*unexpected keyword argument"),
-    "kind": (_set("kind", "gp"), r"kind: expected one of \['mdn', 'flow', 'mse'\]"),
+    "kind": (_set("kind", "gp"), r"kind: expected one of \['mdn', 'flow', 'mse', 'set'\]"),
     "format version": (_set("format_version", 2), r"format_version: 2 is not supported"),
     "typicality shape": (_precision_shape, r"typicality\.precision: expected 18 rows of 18 numbers"),
     "training members": (_set("training_members", [50, 10]), r"training_members: expected fewest <= most"),
