@@ -11,8 +11,9 @@ from pipeline.errors import ConfigError
 #: what query/infer do with a cluster far from the model's snapshot redshift: flag it (REDSHIFT) or refuse
 FAR_REDSHIFT_POLICIES = ("warn", "refuse")
 #: the density models a catalog can be filled from; the first is the default (it passes every per-bin bias check on
-#: the default run, the MDN misses one: README, Science)
-CATALOG_MODELS = ("flow", "mdn")
+#: the default run, the MDN misses one: README, Science); ``set``: the set model (issue 19), from each observation's
+#: members
+CATALOG_MODELS = ("flow", "mdn", "set")
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class InferSection:
 
     prior : target prior of the catalogs: ``flat`` | ``tinker08`` | ``training`` | a two-column table file
     (log10 M200c [Msun/h], density per dex; read and checked when the configuration is loaded,
-    :func:`inference.priors.read_table`); model : whose posteriors fill the catalog, ``flow`` or ``mdn``.
+    :func:`inference.priors.read_table`); model : whose posteriors fill the catalog, ``flow``, ``mdn`` or ``set``
+    (each a ``[train] models`` kind the run trains).
     """
 
     prior: str = DEFAULT_PRIOR

@@ -1,23 +1,69 @@
 """The training stage's configuration section ``[train]``: which models, their architecture and optimisation.
 
 Architecture and optimisation defaults come from :class:`models.spec.ModelSpec` and :class:`models.spec.TrainSpec`;
-:meth:`TrainSection.specs` turns the flat section into those specs.
+:meth:`TrainSection.specs` turns the flat section into those specs, :meth:`TrainSection.set_spec` the set model's
+encoder (:class:`models.set_encoder.SetSpec`, imported only when asked for: reading a configuration imports no jax).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, distributions, version
+from typing import Any
 
 from features.definitions import FEATURE_NAMES
 from features.sets import FEATURE_SETS
-from models.spec import EPISTEMIC, KINDS, ModelSpec, TrainSpec
+from models.set_batches import DEFAULT_CAP
+from models.spec import EPISTEMIC, MODEL_KINDS, ModelSpec, TrainSpec
 from pipeline.config import check_choice, check_number, default
 from pipeline.errors import ConfigError
 
-#: the models a default run trains (the M-sigma power law is always fitted too); the MDN is available
-#: (``models = ["mdn", "flow", "mse"]``) but left out of the default run, which must stay under 5 minutes on 2 cores
+#: the models a default run trains on CPU (the M-sigma power law is always fitted too); the MDN is available
+#: (``models = ["mdn", "flow", "mse"]``) but left out of the default run, which must stay under 5 minutes on 2 cores;
+#: so is the set model (``"set"``, ``configs/set.toml``), whose networks train 10-25x slower per epoch on CPU
 DEFAULT_MODELS = ("flow", "mse")
+#: the default when JAX's default backend is a GPU (:func:`gpu_backend`): the set model too (issue 19.3)
+GPU_DEFAULT_MODELS = ("flow", "mse", "set")
+#: the set model's kind (:data:`models.set_model.SET_KIND`)
+SET = "set"
+#: poolings and targets of the set model (:data:`models.set_encoder.POOLINGS`, :data:`models.set_model.TARGETS`;
+#: named here so that reading a configuration imports no jax; tests/test_config_validation.py checks they agree)
+SET_POOLINGS = ("mean", "moments", "attention")
+SET_TARGETS = ("mass", "msigma_residual")
+#: the set model's optimisation (an epoch of member sets is ~15x the feature flow's on CPU, and its validation loss
+#: still fell at 30 epochs in bench/bench_set.py): epochs at most, early-stopping patience, sets per minibatch
+SET_MAX_EPOCHS = 60
+SET_PATIENCE = 8
+SET_BATCH_SIZE = 512
+
+
+def gpu_backend() -> bool:
+    """Whether JAX's default backend is a GPU. Answered without importing jax where it cannot be one: when
+    ``JAX_PLATFORMS`` names no GPU platform, or when no GPU build of JAX is installed (a ``jax-cuda*`` or
+    ``jax-rocm*`` plugin, or a CUDA jaxlib); otherwise jax is asked (after
+    :func:`pipeline.determinism.configure_determinism`, as every process that computes calls it first)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms and not any(p in platforms for p in ("cuda", "gpu", "rocm")):
+        return False
+    names = {(d.metadata["Name"] or "").lower().replace("_", "-") for d in distributions()}
+    try:
+        cuda_jaxlib = "cuda" in version("jaxlib")
+    except PackageNotFoundError:
+        cuda_jaxlib = False
+    if not cuda_jaxlib and not any(n.startswith(("jax-cuda", "jax-rocm")) for n in names):
+        return False
+    import jax
+
+    return jax.default_backend() == "gpu"
+
+
+def default_models() -> tuple[str, ...]:
+    """``[train] models`` when the configuration does not say: :data:`GPU_DEFAULT_MODELS` when JAX's default
+    backend is a GPU, else :data:`DEFAULT_MODELS`. The section holds the resolved list, so the run's configuration
+    (its digest, ``run.json``, the train stage's key) records which was chosen."""
+    return GPU_DEFAULT_MODELS if gpu_backend() else DEFAULT_MODELS
 #: feature sets trained by default: the full set and the dynamics-only set (features.sets)
 DEFAULT_FEATURE_SETS = ("full", "dynamics")
 #: members kept per observation of the thinned (dynamics) training set (the number of measured redshifts): a target
@@ -38,7 +84,8 @@ LIMITS = {"layers": 64, "width": 65536, "n_components": 1024, "n_bins": 1024, "e
 class TrainSection:
     """``[train]``.
 
-    models : some of ``mdn``, ``flow``, ``mse``; feature_sets : ``full`` plus any of ``richness``, ``dynamics``
+    models : some of ``mdn``, ``flow``, ``mse``, ``set`` (default :func:`default_models`: ``flow`` and ``mse``, and
+    ``set`` when JAX's default backend is a GPU); feature_sets : ``full`` plus any of ``richness``, ``dynamics``
     (:mod:`features.sets`; density models only for the smaller sets); members_kept : [lo, hi] of the number of
     members kept per observation of the dynamics set (a target drawn log-uniformly, independent of mass; each member
     kept with probability target / n; :data:`DEFAULT_MEMBERS_KEPT`), whose training rows need
@@ -53,12 +100,24 @@ class TrainSection:
     0) with prior_scale, weight_draws and posterior_init_std (:class:`TrainSpec`). It applies to the density models;
     the ``mse`` baseline is always a plain ensemble of ``baseline_ensemble`` members.
 
+    The set model (``"set"`` in models, :mod:`models.set_model`: every member's inputs through a Deep Sets encoder
+    conditioning the same trunk and flow head, ``hidden`` and ``n_bins``; an ensemble of ``ensemble`` networks,
+    so epistemic must be ``"ensemble"``) is trained for the ``full`` set (complete lists) and, when configured, the
+    ``dynamics`` set (lists thinned afresh every epoch by ``members_kept``). Its keys: set_pooling : ``mean``,
+    ``moments`` (default: the mean, std and max of every per-member feature) or ``attention``; set_phi : widths of
+    the per-member network (default (64, 64); a multiple of 4 last for attention's 4 heads); set_cap : members per
+    observation above which a random subsample is kept (default :data:`models.set_batches.DEFAULT_CAP`);
+    set_target : ``mass`` (default: log10 M200c) or ``msigma_residual`` (its residual to the M-sigma law fitted on
+    the training hosts, the target of Wang, Thiele & Ho 2026); set_max_epochs, set_patience, set_batch_size : its
+    optimisation (:data:`SET_MAX_EPOCHS`, :data:`SET_PATIENCE`, :data:`SET_BATCH_SIZE`: an epoch of padded member
+    sets costs many feature-flow epochs; learning_rate, weight_decay and seed are shared).
+
     Every key is checked here, on its own (types, ranges, known names; sizes bounded by :data:`LIMITS`, rates and
     scales finite and positive, seed a 32-bit integer) and against the others (min_members_thinned <= members_kept's
     hi; the epistemic method's needs), so that no bad value reaches training.
     """
 
-    models: tuple[str, ...] = DEFAULT_MODELS
+    models: tuple[str, ...] = field(default_factory=default_models)
     feature_sets: tuple[str, ...] = DEFAULT_FEATURE_SETS
     members_kept: tuple[float, ...] = DEFAULT_MEMBERS_KEPT
     min_members_thinned: int = 5
@@ -81,13 +140,20 @@ class TrainSection:
     prior_scale: float = default(TrainSpec, "prior_scale")
     weight_draws: int = default(TrainSpec, "weight_draws")
     posterior_init_std: float = default(TrainSpec, "posterior_init_std")
+    set_pooling: str = "moments"
+    set_phi: tuple[int, ...] = (64, 64)
+    set_cap: int = DEFAULT_CAP
+    set_target: str = SET_TARGETS[0]
+    set_max_epochs: int = SET_MAX_EPOCHS
+    set_patience: int = SET_PATIENCE
+    set_batch_size: int = SET_BATCH_SIZE
     reuse: str = ""
 
     def __post_init__(self) -> None:
-        for key in ("models", "feature_sets", "features", "hidden"):
+        for key in ("models", "feature_sets", "features", "hidden", "set_phi"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
         object.__setattr__(self, "members_kept", tuple(self.members_kept))
-        _check_names("models", self.models, KINDS, empty_ok=False)
+        _check_names("models", self.models, MODEL_KINDS, empty_ok=False)
         _check_names("feature_sets", self.feature_sets, tuple(FEATURE_SETS), empty_ok=False)
         if "full" not in self.feature_sets:
             raise ConfigError(f"expected 'full' among the feature sets, got {list(self.feature_sets)}",
@@ -132,8 +198,36 @@ class TrainSection:
         if self.epistemic == "bayes_by_backprop" and self.dropout > 0:
             raise ConfigError(f"epistemic = 'bayes_by_backprop' averages over weight draws, not dropout masks: set "
                               f"dropout = 0, got {self.dropout}")
+        self._check_set_keys()
         for kind in self.models:  # the specs' own checks, before anything trains
             self.specs(kind)
+
+    def _check_set_keys(self) -> None:
+        """The set model's keys, on their own and against ``models`` and ``epistemic``."""
+        check_choice("set_pooling", self.set_pooling, SET_POOLINGS)
+        if not 1 <= len(self.set_phi) <= LIMITS["layers"]:
+            raise ConfigError(f"expected 1 to {LIMITS['layers']} layer widths, got {list(self.set_phi)}",
+                              key="set_phi")
+        for width in self.set_phi:
+            try:
+                check_number("set_phi", width, low=1, high=LIMITS["width"], integer=True)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc.message.replace('got', 'got a width of', 1)} in {list(self.set_phi)}",
+                                  key="set_phi") from None
+        check_number("set_cap", self.set_cap, low=1, high=LIMITS["members"], integer=True, unit="members")
+        check_choice("set_target", self.set_target, SET_TARGETS)
+        check_number("set_max_epochs", self.set_max_epochs, low=1, high=LIMITS["epochs"], integer=True)
+        check_number("set_patience", self.set_patience, low=1, high=LIMITS["epochs"], integer=True)
+        check_number("set_batch_size", self.set_batch_size, low=1, high=LIMITS["batch_size"], integer=True)
+        if SET not in self.models:
+            return
+        if self.epistemic != "ensemble":
+            raise ConfigError(f"the set model ('set' in models) is a deep ensemble: expected epistemic = 'ensemble', "
+                              f"got {self.epistemic!r}", key="epistemic")
+        try:
+            self.set_spec()
+        except ConfigError as exc:  # the encoder's own checks (e.g. attention heads dividing the last width)
+            raise ConfigError(exc.message.removeprefix("set model: "), key="set_phi") from None
 
     @property
     def test_seed(self) -> int:
@@ -141,16 +235,29 @@ class TrainSection:
         return self.seed + 7919
 
     def specs(self, kind: str) -> tuple[ModelSpec, TrainSpec]:
-        """The :class:`ModelSpec` and :class:`TrainSpec` of model ``kind`` under this section."""
-        spec = ModelSpec(kind=kind, hidden=self.hidden, n_components=self.n_components, n_bins=self.n_bins,
-                         dropout=self.dropout)
+        """The :class:`ModelSpec` and :class:`TrainSpec` of model ``kind`` under this section; for ``"set"`` its
+        trunk and flow head (``hidden``, ``n_bins``) and its own optimisation (``set_max_epochs``...)."""
+        is_set = kind == SET
+        spec = ModelSpec(kind="flow" if is_set else kind, hidden=self.hidden, n_components=self.n_components,
+                         n_bins=self.n_bins, dropout=self.dropout)
         train = TrainSpec(ensemble=self.baseline_ensemble if kind == "mse" else self.ensemble,
-                          mc_samples=self.mc_samples, batch_size=self.batch_size,
-                          max_epochs=self.max_epochs, patience=self.patience, learning_rate=self.learning_rate,
+                          mc_samples=self.mc_samples, batch_size=self.set_batch_size if is_set else self.batch_size,
+                          max_epochs=self.set_max_epochs if is_set else self.max_epochs,
+                          patience=self.set_patience if is_set else self.patience, learning_rate=self.learning_rate,
                           weight_decay=self.weight_decay, seed=self.seed,
-                          epistemic="ensemble" if kind == "mse" else self.epistemic, prior_scale=self.prior_scale,
-                          weight_draws=self.weight_draws, posterior_init_std=self.posterior_init_std)
+                          epistemic="ensemble" if kind in ("mse", SET) else self.epistemic,
+                          prior_scale=self.prior_scale, weight_draws=self.weight_draws,
+                          posterior_init_std=self.posterior_init_std)
         return spec, train
+
+    def set_spec(self, feature_set: str = "full") -> Any:
+        """The set model's encoder (:class:`models.set_encoder.SetSpec`) for ``feature_set`` (its member inputs,
+        :data:`models.set_batches.MEMBER_INPUTS`) under this section."""
+        from models.set_batches import MEMBER_INPUTS
+        from models.set_encoder import SetSpec
+
+        return SetSpec(inputs=MEMBER_INPUTS[feature_set], phi=self.set_phi, pooling=self.set_pooling,
+                       cap=self.set_cap)
 
 
 def _check_names(key: str, values: tuple, known: tuple, *, empty_ok: bool) -> None:

@@ -102,7 +102,7 @@ def test_debug_shows_traceback(tmp_path):
         ("[input]\nhalos = 'missing.list'\ngalaxies = 'g.bin'\n", "[input] halos: expected a catalog file, got "),
         ("[snapshot]\nbox_size = 100\n", "scale_factor (or redshift) is required"),
         ("[synth\n", "not valid TOML"),
-        ("[infer]\nmodel = 'svm'\n", "[infer] model: expected one of ['flow', 'mdn'], got 'svm'"),
+        ("[infer]\nmodel = 'svm'\n", "[infer] model: expected one of ['flow', 'mdn', 'set'], got 'svm'"),
         ("[train]\nmodels = ['mdn']\n", "[infer] model: expected one of the trained models ['mdn']"),
         ("[infer]\nprior = 'nowhere.csv'\n", "[infer] prior: expected flat, tinker08, training or an existing table"),
         ("[runner]\nkind = 'kubernetes'\n", "[runner] kind: expected one of ['threads', 'dask', 'slurm'], got 'kuber"),
