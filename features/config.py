@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from features.centring import CENTRING_MODELS, CentringSpec
 from features.cylinder import CylinderSpec, LineOfSightSpec, ObservationSpec
-from pipeline.config import check_number, default
+from pipeline.config import check_choice, check_number, default
 from pipeline.errors import ConfigError
 from pipeline.snapshot import Snapshot
 
@@ -41,7 +42,10 @@ class ObserveSection:
     redshift, (10, 30) (absent: none); host_log10_m200c_min, extra_log10_m200c_min : log10 Msun/h, [10, 16];
     extra_directions : random lines of sight per host above extra_log10_m200c_min, 0-1000; los_seed : their seed,
     >= 0; regions_per_side : columns per box side per line of sight, 1-64 (and each column wider than twice the
-    aperture); workers : threads running regions (speed only), 1-256.
+    aperture); centring : where each cylinder is centred, ``"zhang19-lauer14"`` (default: the published centring
+    errors of real cluster lists, position after Zhang et al. 2019 and velocity after Lauer et al. 2014,
+    :mod:`features.centring`) or ``"none"`` (the true halo position and velocity); centring_seed : the seed of
+    those draws, >= 0; workers : threads running regions (speed only), 1-256.
     """
 
     r_aperture: float = default(CylinderSpec, "r_aperture")
@@ -54,6 +58,8 @@ class ObserveSection:
     extra_log10_m200c_min: float = default(LineOfSightSpec, "extra_log10_m200c_min")
     los_seed: int = default(LineOfSightSpec, "seed")
     regions_per_side: int = default(ObservationSpec, "regions_per_side")
+    centring: str = default(CentringSpec, "model")
+    centring_seed: int = default(CentringSpec, "seed")
     workers: int = 2
 
     def __post_init__(self) -> None:
@@ -72,6 +78,8 @@ class ObserveSection:
                      high=HOST_MASS_RANGE[1], unit="log10 Msun/h")
         check_number("los_seed", self.los_seed, low=0, integer=True)
         check_number("regions_per_side", self.regions_per_side, low=1, high=MAX_REGIONS_PER_SIDE, integer=True)
+        check_choice("centring", self.centring, CENTRING_MODELS)
+        check_number("centring_seed", self.centring_seed, low=0, integer=True)
         check_number("workers", self.workers, low=1, high=MAX_WORKERS, integer=True)
         self.observation_spec()  # the cylinder's and lines of sight's own checks, before anything runs
 
@@ -84,6 +92,7 @@ class ObserveSection:
             los=LineOfSightSpec(extra_directions=self.extra_directions,
                                 extra_log10_m200c_min=self.extra_log10_m200c_min, seed=self.los_seed),
             regions_per_side=self.regions_per_side,
+            centring=CentringSpec(model=self.centring, seed=self.centring_seed),
         )
 
     def check_box(self, snapshot: Snapshot) -> None:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
+from features.centring import CentringSpec
 from pipeline.errors import ConfigError
 from pipeline.snapshot import Snapshot
 
@@ -107,9 +108,10 @@ class LineOfSightSpec:
 
 @dataclass(frozen=True)
 class ObservationSpec:
-    """The specification of a set of mock observations: the cylinder, the lines of sight, and ``regions_per_side``
-    (columns per box side per line of sight of the region decomposition, :mod:`features.observe`); units as in
-    :class:`CylinderSpec`.
+    """The specification of a set of mock observations: the cylinder, the lines of sight, where each cylinder is
+    centred (:class:`features.centring.CentringSpec`: by default with the published centring errors of real
+    cluster lists) and ``regions_per_side`` (columns per box side per line of sight of the region decomposition,
+    :mod:`features.observe`); units as in :class:`CylinderSpec`.
 
     A spec like :class:`CylinderSpec` and :class:`LineOfSightSpec`, not a configuration section: the ``[observe]``
     section is :class:`features.config.ObserveSection`, which builds one (``observation_spec()``). It lives here, beside
@@ -119,10 +121,21 @@ class ObservationSpec:
     cylinder: CylinderSpec = field(default_factory=CylinderSpec)
     los: LineOfSightSpec = field(default_factory=LineOfSightSpec)
     regions_per_side: int = 4
+    centring: CentringSpec = field(default_factory=CentringSpec)
 
     def to_dict(self) -> dict:
         return {"cylinder": self.cylinder.to_dict(), "los": self.los.to_dict(),
-                "regions_per_side": self.regions_per_side}
+                "regions_per_side": self.regions_per_side, "centring": self.centring.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ObservationSpec:
+        """The spec :meth:`to_dict` wrote (an observation set's ``config``). One written before centring errors
+        existed (no ``centring``) was observed from the true halo centres: ``centring`` ``none``."""
+        los = {k: v for k, v in data["los"].items() if k != "extra_unit_vectors"}
+        los["axes"] = tuple(los.get("axes", LineOfSightSpec().axes))
+        centring = data.get("centring") or {"model": "none"}
+        return cls(cylinder=CylinderSpec(**data["cylinder"]), los=LineOfSightSpec(**los),
+                   regions_per_side=int(data["regions_per_side"]), centring=CentringSpec(**centring))
 
 
 @dataclass(frozen=True)
@@ -131,8 +144,8 @@ class Matches:
 
     offsets : int64, n_hosts + 1; members of host i are ``index[offsets[i]:offsets[i+1]]``
     index : int64 indices into the galaxy arrays given to the search
-    r_proj : projected comoving distance to the host, Mpc/h
-    v_los : line-of-sight velocity relative to the host, km/s
+    r_proj : projected comoving distance to the host's cylinder axis (its centre, :mod:`features.centring`), Mpc/h
+    v_los : line-of-sight velocity relative to that centre, km/s
     """
 
     offsets: np.ndarray

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.cylinder import CylinderSpec, LineOfSightSpec, ObservationSpec
+from features.cylinder import ObservationSpec
 from features.definitions import FEATURES
 from features.members import MEMBER_COLUMNS, Members
 from features.observe import ObservationPlan, Observations, RegionJob
@@ -137,8 +137,7 @@ def load_plan(directory: str | os.PathLike[str]) -> ObservationPlan:
     if not (d / PLAN_FILE).exists() or not (d / HOSTS_FILE).exists():
         raise InputError(d, f"no observation plan here (expected {PLAN_FILE} and {HOSTS_FILE})")
     payload = json.loads((d / PLAN_FILE).read_text())
-    config = ObservationSpec(cylinder=CylinderSpec(**payload["cylinder"]), los=LineOfSightSpec(**payload["los"]),
-                               regions_per_side=payload["config"]["regions_per_side"])
+    config = ObservationSpec.from_dict(payload["config"])
     hosts = pq.read_table(d / HOSTS_FILE).to_pandas()
     jobs = tuple(RegionJob(**j) for j in payload["jobs"])
     return ObservationPlan(hosts, config, Snapshot.from_dict(payload["snapshot"]), jobs, d)

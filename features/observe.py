@@ -8,6 +8,11 @@
 3. Each bucket is an independent task: a KD-tree over its galaxies, the cylinder search of its hosts
    (:mod:`features.cylinder`), the features (:mod:`features.definitions`). No task holds the whole catalog.
 
+Each cylinder is centred where a real cluster list would centre it (:mod:`features.centring`; ``none``: the halo's
+own position and velocity): its axis displaced in the plane of the sky and its velocity zero point shifted, so
+the search, the members' r_proj and v_los and the features are all measured from that centre. A host's region
+(its column) is the one of its displaced axis, so the aperture around it stays inside the padded column.
+
 The result is a pure function of (catalogs, configuration): regions are processed and concatenated in a fixed
 order, then sorted by (cluster_id, los).
 """
@@ -26,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from features.centring import centre_offsets, perpendicular_basis
 from features.config import check_geometry
 from features.cylinder import (
     CylinderSpec,
@@ -46,7 +52,8 @@ AXIS_RECORD = np.dtype([("galaxy_id", "<i8"), ("upid", "<i8"), ("u", "<f4"), ("v
                         ("log10_mstar", "<f4")])
 DIRECTION_RECORD = np.dtype([("galaxy_id", "<i8"), ("upid", "<i8"), ("s", "<f4", (3,)), ("log10_mstar", "<f4")])
 
-#: the mock observations of Ho et al. (2019) (every default of :class:`ObservationSpec`)
+#: the default mock observations (every default of :class:`ObservationSpec`: Ho et al. (2019)'s cylinder, centred
+#: with the published centring errors of :mod:`features.centring`)
 DEFAULT_SPEC = ObservationSpec()
 HOST_COLUMNS = ("halo_id", "upid", "m200c", "mvir", "x", "y", "z", "vx", "vy", "vz")
 GALAXY_COLUMNS = ("galaxy_id", "upid", "x", "y", "z", "vx", "vy", "vz", "obs_sm")
@@ -117,12 +124,59 @@ class ObservationPlan:
         logm = np.log10(self.hosts["m200c"].to_numpy())
         return self.hosts[logm >= self.config.los.extra_log10_m200c_min]
 
+    def axis_centres(self, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where every host's cylinder along box axis ``axis`` is centred: its projected position (n, 2) on the two
+        other axes (in [0, box)) and its redshift-space coordinate along ``axis`` (n,), comoving Mpc/h — the halo's,
+        displaced by the observation's centring error (:func:`features.centring.centre_offsets`)."""
+        return axis_centres(self.hosts, axis, self.config, self.snapshot)
 
-def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationSpec, directory: str | Path
-                      ) -> ObservationPlan:
+    def direction_centres(self, direction: int) -> np.ndarray:
+        """Redshift-space positions (m, 3) of the cylinders of :meth:`extra_hosts` along random direction
+        ``direction`` (los ``3 + direction``), centring error included, comoving Mpc/h."""
+        return direction_centres(self.extra_hosts(), direction, self.config, self.snapshot)
+
+
+def axis_centres(hosts: pd.DataFrame, axis: int, config: ObservationSpec, snap: Snapshot
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """See :meth:`ObservationPlan.axis_centres`."""
+    i, j = [a for a in range(3) if a != axis]
+    uv = hosts[["xyz"[i], "xyz"[j]]].to_numpy(np.float64)
+    velocity = hosts["v" + "xyz"[axis]].to_numpy()
+    if config.centring.enabled:
+        off = centre_offsets(config.centring, hosts["halo_id"].to_numpy(), axis, hosts["m200c"].to_numpy(), snap)
+        uv = _in_box(uv + off.projected(), snap.box_size)
+        velocity = velocity + off.dv
+    return uv, redshift_space(hosts["xyz"[axis]].to_numpy(), velocity, snap.hubble_per_comoving(), snap.box_size)
+
+
+def direction_centres(hosts: pd.DataFrame, direction: int, config: ObservationSpec, snap: Snapshot) -> np.ndarray:
+    """See :meth:`ObservationPlan.direction_centres`."""
+    n_hat = config.los.directions()[direction]
+    pos = hosts[["x", "y", "z"]].to_numpy()
+    vel = hosts[["vx", "vy", "vz"]].to_numpy()
+    if config.centring.enabled:
+        off = centre_offsets(config.centring, hosts["halo_id"].to_numpy(), 3 + direction, hosts["m200c"].to_numpy(),
+                             snap)
+        e1, e2 = perpendicular_basis(n_hat)
+        pos = pos + off.projected() @ np.vstack([e1, e2])
+        vel = vel + np.outer(off.dv, n_hat)
+    return _direction_s(pos, vel, n_hat, snap.hubble_per_comoving(), snap.box_size)
+
+
+def _in_box(x: np.ndarray, box: float) -> np.ndarray:
+    """Periodic coordinates wrapped into [0, box)."""
+    s = np.mod(x, box)
+    return np.where(s >= box, 0.0, s)
+
+
+def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationSpec, directory: str | Path, *,
+                      host_ids: Sequence[int] | np.ndarray | None = None) -> ObservationPlan:
     """Select the hosts and stream the galaxy catalog once into bucket files under ``directory``.
 
-    Buckets already in ``directory`` are replaced. Returns the plan; :func:`observe_region` runs one job of it.
+    ``host_ids``: observe only these hosts (halo ids; e.g. a model's held-out hosts observed again with another
+    centring); each observation is the one the whole set would give, since every centre is a function of (seed,
+    host, line of sight) alone. Buckets already in ``directory`` are replaced. Returns the plan;
+    :func:`observe_region` runs one job of it.
     """
     snap = halos.snapshot
     if not snap.agrees_with(galaxies.snapshot):
@@ -134,6 +188,11 @@ def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationSpec
     except ConfigError as exc:
         raise exc.located("[observe]") from None
     hosts = select_hosts(halos, spec.host_log10_m200c_min)
+    if host_ids is not None:
+        hosts = hosts[hosts["halo_id"].isin(np.asarray(host_ids, dtype=np.int64))].reset_index(drop=True)
+        if hosts.empty:
+            raise InputError(halos.path, "empty selection: none of the requested hosts is a distinct halo with "
+                                         f"M200c >= 10^{spec.host_log10_m200c_min:g} Msun/h in this catalog")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for f in directory.glob("bucket-*.bin"):
@@ -145,15 +204,15 @@ def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationSpec
     hubble = snap.hubble_per_comoving()
     depth = spec.half_depth(snap)
     try:
-        _bucket_galaxies(galaxies, spec, config.los.axes, grid, directions, extra_hosts, hubble,
-                         math.hypot(spec.r_aperture, depth), directory)
+        _bucket_galaxies(galaxies, spec, config.los.axes, grid, directions,
+                         [provisional.direction_centres(d) for d in range(len(directions))] if len(extra_hosts)
+                         else [], hubble, math.hypot(spec.r_aperture, depth), directory)
     except BaseException:  # half-filled buckets are of no use to anyone (a full disk: free the space now)
         remove_buckets(directory)
         raise
     jobs = []
     for axis in config.los.axes:
-        i, j = [a for a in range(3) if a != axis]
-        home = grid.home(hosts[["xyz"[i], "xyz"[j]]].to_numpy(np.float64))
+        home = grid.home(provisional.axis_centres(axis)[0])
         for region in np.unique(home):
             jobs.append(RegionJob(int(axis), int(region), _bucket_path(directory, axis, int(region)).name))
     if len(extra_hosts):
@@ -175,18 +234,14 @@ def observe_region(plan: ObservationPlan, job: RegionJob) -> tuple[pd.DataFrame,
                                "plan_observations (re-run the plan)")
     if job.los < 3:
         grid = plan.grid
-        i, j = [a for a in range(3) if a != job.los]
-        hosts_uv = plan.hosts[["xyz"[i], "xyz"[j]]].to_numpy(np.float64)
+        hosts_uv, hosts_s = plan.axis_centres(job.los)
         rows = np.flatnonzero(grid.home(hosts_uv) == job.region)
         hosts = plan.hosts.iloc[rows]
-        host_s = redshift_space(hosts["xyz"[job.los]].to_numpy(), hosts["v" + "xyz"[job.los]].to_numpy(), hubble,
-                                snap.box_size)
-        return _observe_axis_region(path, hosts, grid.to_local(hosts_uv[rows], job.region), host_s, job.los, grid,
-                                    spec, depth, hubble, snap.box_size)
+        return _observe_axis_region(path, hosts, grid.to_local(hosts_uv[rows], job.region), hosts_s[rows], job.los,
+                                    grid, spec, depth, hubble, snap.box_size)
     extra = plan.extra_hosts()
     n_hat = plan.config.los.directions()[job.los - 3]
-    hs = _direction_s(extra[["x", "y", "z"]].to_numpy(), extra[["vx", "vy", "vz"]].to_numpy(), n_hat, hubble,
-                      snap.box_size)
+    hs = plan.direction_centres(job.los - 3)
     return _observe_direction(path, extra, hs, n_hat, job.los, spec, depth, hubble, snap.box_size)
 
 
@@ -233,8 +288,10 @@ def make_observations(
     scheduler: str = "threads",
     num_workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    host_ids: Sequence[int] | np.ndarray | None = None,
 ) -> Observations:
-    """Mock observations and features for every host and line of sight, in one call.
+    """Mock observations and features for every host and line of sight, in one call (``host_ids``: of these
+    hosts only, see :func:`plan_observations`).
 
     ``scratch``: directory for the temporary galaxy buckets (removed at the end; default: a temporary directory).
     ``scheduler``/``num_workers``: how the region jobs run (dask's local schedulers). The Prefect flow runs the
@@ -243,7 +300,7 @@ def make_observations(
     owned = scratch is None
     scratch_dir = Path(tempfile.mkdtemp(prefix="clustermass-buckets-")) if owned else Path(scratch)
     try:
-        plan = plan_observations(halos, galaxies, config, scratch_dir)
+        plan = plan_observations(halos, galaxies, config, scratch_dir, host_ids=host_ids)
         tasks = [dask.delayed(observe_region)(plan, job) for job in plan.jobs]
         results = _run(tasks, scheduler, num_workers, progress)
     finally:
@@ -256,7 +313,7 @@ def make_observations(
 
 # -- streaming pass ------------------------------------------------------------------------------------------------
 def _bucket_galaxies(galaxies: Catalog, spec: CylinderSpec, axes: Sequence[int], grid: RegionGrid,
-                     directions: np.ndarray, extra_hosts: pd.DataFrame, hubble: float, reach: float,
+                     directions: np.ndarray, direction_centres: list[np.ndarray], hubble: float, reach: float,
                      scratch: Path) -> None:
     box = galaxies.snapshot.box_size
     mag_r_max = None
@@ -270,12 +327,8 @@ def _bucket_galaxies(galaxies: Catalog, spec: CylinderSpec, axes: Sequence[int],
         mag_r_max = absolute_limit(spec.r_limit, snap.redshift, snap.cosmology)
         columns.append("mag_r")
     frame = galaxies.frame[columns]
-    host_trees = []
-    for n_hat in directions:
-        if len(extra_hosts):
-            hs = _direction_s(extra_hosts[["x", "y", "z"]].to_numpy(), extra_hosts[["vx", "vy", "vz"]].to_numpy(),
-                              n_hat, hubble, box)
-            host_trees.append(cKDTree(hs, boxsize=box))
+    # the massive hosts' cylinder centres along each random direction (none without such hosts)
+    host_trees = [cKDTree(centres, boxsize=box) for centres in direction_centres]
     parts = frame.to_delayed()
     step = 2
     for start in range(0, len(parts), step):

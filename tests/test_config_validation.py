@@ -61,6 +61,8 @@ BAD_VALUES = [
     ("observe", "regions_per_side", 10**15, "expected an integer in [1, 64], got 1000000000000000"),
     ("observe", "regions_per_side", 2.5, "expected an integer, got 2.5"),
     ("observe", "workers", -3, "expected an integer in [1, 256], got -3"),
+    ("observe", "centring", "bcg", "expected one of ['zhang19-lauer14', 'none'], got 'bcg'"),
+    ("observe", "centring_seed", -1, "expected an integer >= 0, got -1"),
     ("train", "models", ["svm"], "expected one or more distinct names from ['mdn', 'flow', 'mse', 'set'], got "
                                  "unknown"),
     ("train", "models", ["flow", "flow"], "got repeated ['flow']"),

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.centring import CentringSpec, centre_offsets, perpendicular_basis
 from features.cylinder import CylinderSpec, LineOfSightSpec, wrap
 from features.definitions import FEATURE_NAMES, compute_features
 from features.io import read_members, read_observations, write_observations
@@ -30,7 +31,11 @@ def observed(box):
     return make_observations(*box, ObservationSpec(los=LOS, regions_per_side=3))
 
 
-def _brute(halos, galaxies, spec: CylinderSpec, los: LineOfSightSpec):
+def _brute(halos, galaxies, spec: CylinderSpec, los: LineOfSightSpec, centring: CentringSpec | None = None):
+    """Every (host, line of sight)'s members by an all-pairs search around its centre: the halo's position moved
+    by the centring error in the plane of the sky, its velocity along the line of sight (``centring``'s draws;
+    default: :class:`CentringSpec`'s, the default observations')."""
+    centring = CentringSpec() if centring is None else centring
     snap = halos.snapshot
     L, H = snap.box_size, snap.hubble_per_comoving()
     hosts = select_hosts(halos, spec.host_log10_m200c_min)
@@ -43,13 +48,16 @@ def _brute(halos, galaxies, spec: CylinderSpec, los: LineOfSightSpec):
     for _, h in hosts.iterrows():
         hx = h[["x", "y", "z"]].to_numpy(np.float64)
         hv = h[["vx", "vy", "vz"]].to_numpy(np.float64)
-        d = wrap(gx - hx, L)
         for k, n in enumerate(dirs):
             if k >= 3 and np.log10(h.m200c) < los.extra_log10_m200c_min:
                 continue
+            off = centre_offsets(centring, np.array([h.halo_id]), k, np.array([h.m200c]), snap)
+            sky = np.eye(3)[[a for a in range(3) if a != k]] if k < 3 else np.vstack(perpendicular_basis(n))
+            centre = hx + off.projected()[0] @ sky
+            d = wrap(gx - centre, L)
             along = d @ n
             r = np.sqrt(np.maximum((d * d).sum(1) - along**2, 0))
-            v = H * along + (gv - hv) @ n
+            v = H * along + (gv - hv) @ n - off.dv[0]
             sel = (r < spec.r_aperture) & (np.abs(v) < spec.v_cut)
             out[(int(h.halo_id), k)] = (set(g.galaxy_id.to_numpy()[sel].tolist()), r[sel], v[sel],
                                         np.log10(g.obs_sm.to_numpy()[sel]))
@@ -58,7 +66,8 @@ def _brute(halos, galaxies, spec: CylinderSpec, los: LineOfSightSpec):
 
 def test_members_equal_brute_force_for_every_line_of_sight(box, observed):
     spec = observed.config.cylinder
-    hosts, expected = _brute(*box, spec, LOS)
+    assert observed.config.centring.enabled  # the default: every cylinder centred with a centring error
+    hosts, expected = _brute(*box, spec, LOS, observed.config.centring)
     assert len(hosts) >= 20 and observed.n_hosts == len(hosts)
     kept = {(int(c), int(k)): i for i, (c, k) in enumerate(zip(observed.table.cluster_id, observed.table.los,
                                                                strict=True))}
