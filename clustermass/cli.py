@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from features.centring import CENTRING_MODELS
 from features.config import ObserveSection
 from inference.config import CATALOG_MODELS, FAR_REDSHIFT_POLICIES
 from inference.priors import DEFAULT_PRIOR
@@ -193,6 +194,15 @@ def _add_validate(sub: Any) -> None:
                    help="held-out: the hosts the training stage held out of the model's own box; all: every host "
                         "of the observations, for a box the model never saw (another seed, or shifted galaxy "
                         "physics); on the training box itself `all` would score hosts it was trained on")
+    p.add_argument("--centring", choices=("as-observed", *CENTRING_MODELS), default="as-observed",
+                   help="as-observed: score the observations as they are; none (or another centring): observe the "
+                        "scored hosts again from the catalogs, same cylinder, centred this way (none: on the true "
+                        "halo centres, to measure what the centring errors cost); needs --halos and --galaxies, or "
+                        "the run.json of a run directory given as --observations")
+    p.add_argument("--halos", type=Path, default=None,
+                   help="with --centring: the halo catalog the observations were made from (default: run.json's)")
+    p.add_argument("--galaxies", type=Path, default=None,
+                   help="with --centring: the galaxy catalog the observations were made from (default: run.json's)")
     p.set_defaults(func=cmd_validate)
 
 
@@ -573,20 +583,26 @@ def _infer_real(args: argparse.Namespace, start: float) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from features.io import MEMBERS_FILE, read_members
+    from features.io import MEMBERS_FILE, load_observation_table, read_members
     from inference.validate import validate_stage
     from models.stage import held_out_mask
+    from pipeline.snapshot import Snapshot
 
     _check_out(args)
     _check_prior_option(args)  # a prior table is read and checked before anything is computed
-    table, snapshot = _observation_table(args.observations)
+    table, meta = load_observation_table(args.observations)
+    snapshot = Snapshot.from_dict(meta["snapshot"])
     mask = held_out_mask(table, args.model) if args.hosts == "held-out" else table["cluster_id"].notna().to_numpy()
     members = read_members(args.observations).take(mask) if (args.observations / MEMBERS_FILE).is_file() else None
-    metrics = validate_stage(table[mask].reset_index(drop=True), args.model, args.out, members=members,
-                             prior=args.prior, main=args.use, snapshot=snapshot)
+    table, centring = table[mask].reset_index(drop=True), _centring_scored(args, meta)
+    if centring["reobserved"]:  # the same hosts observed again, centred as asked
+        table, members = _reobserve(args, meta, table["cluster_id"].unique(), centring["scored"])
+    metrics = validate_stage(table, args.model, args.out, members=members, prior=args.prior, main=args.use,
+                             snapshot=snapshot, notes={"centring": centring})
     which = "held-out" if args.hosts == "held-out" else "(all hosts)"
     print(f"validation: {args.out / 'metrics.json'}  ({metrics['n_test']} {which} observations, "
-          f"{metrics['n_test_1e14_1e15']} in 1e14-1e15 Msun/h)")
+          f"{metrics['n_test_1e14_1e15']} in 1e14-1e15 Msun/h; centring {centring['scored']}"
+          f"{', observed again' if centring['reobserved'] else ''})")
     print(f"{metrics['estimator']}: bias {metrics['bias_dex']:+.4f} dex, scatter {metrics['scatter_dex']:.4f} dex; "
           f"coverage 68% {metrics['coverage_68']:.3f}, 95% {metrics['coverage_95']:.3f}; M-sigma scatter "
           f"{metrics['msigma_scatter_dex']:.3f} dex")
@@ -599,6 +615,50 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if "pass" in check:
             print(f"  {'PASS' if check['pass'] else 'FAIL'}  {name}")
     return 0
+
+
+def _centring_scored(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
+    """``validate --centring``: how the observations (metadata ``meta``) were centred, how the scored ones are, and
+    whether that means observing them again."""
+    observed = (meta["config"].get("centring") or {"model": "none"})["model"]
+    scored = observed if args.centring == "as-observed" else args.centring
+    return {"observations": observed, "scored": scored, "reobserved": scored != observed}
+
+
+def _reobserve(args: argparse.Namespace, meta: dict[str, Any], host_ids, centring: str):
+    """The observations of ``host_ids`` (their rows and members) made again from the catalogs exactly as
+    ``--observations`` (metadata ``meta``) were, except for the centring (``validate --centring``)."""
+    import dataclasses
+
+    from features.centring import CentringSpec
+    from features.cylinder import ObservationSpec
+    from features.observe import make_observations
+    from ingest.catalog import read_galaxies, read_halos
+    from pipeline.snapshot import Snapshot
+
+    spec = ObservationSpec.from_dict(meta["config"])
+    spec = dataclasses.replace(spec, centring=CentringSpec(model=centring, seed=spec.centring.seed))
+    halos, galaxies = _catalogs_of(args)
+    snapshot = Snapshot.from_dict(meta["snapshot"])
+    obs = make_observations(read_halos(halos, snapshot=snapshot), read_galaxies(galaxies, snapshot=snapshot), spec,
+                            num_workers=2, host_ids=host_ids)
+    return obs.table, obs.members
+
+
+def _catalogs_of(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The halo and galaxy catalogs of ``validate --centring``: ``--halos``/``--galaxies``, else those the run
+    directory's ``run.json`` names."""
+    if args.halos is not None and args.galaxies is not None:
+        return args.halos, args.galaxies
+    run = args.observations / "run.json"
+    try:
+        outputs = json.loads(run.read_text())["outputs"]
+        named = Path(outputs["halos"]), Path(outputs["galaxies"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"validate --centring {args.centring}: observing the hosts again needs the catalogs the "
+                          f"observations were made from; give --halos and --galaxies ({run} does not name them)"
+                          ) from None
+    return args.halos or named[0], args.galaxies or named[1]
 
 
 def cmd_query(args: argparse.Namespace) -> int:

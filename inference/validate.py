@@ -167,9 +167,11 @@ def validate(test: pd.DataFrame, models: dict[str, TrainedModel], msigma: MSigma
 
 def validate_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                    members: Members | None = None, prior: str = DEFAULT_PRIOR, main: str | None = None,
-                   snapshot: Snapshot | None = None) -> dict[str, Any]:
+                   snapshot: Snapshot | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The validation stage of a run's model directory on its held-out rows ``table`` (with their ``members``, in
     the same order, for the dynamics model's thinned test): ``out_dir/metrics.json`` and plots; returns metrics.
+    ``notes``: facts about the scored rows recorded in the metrics as given (``clustermass validate --centring``
+    records how they were centred).
 
     Called by ``clustermass validate`` and by the flow's validate task alike.
     """
@@ -186,5 +188,6 @@ def validate_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out_d
             table, members, load_model(dynamics_dir), min_members=int(description["selection"]["min_members"]),
             r_aperture=float(cylinder["r_aperture"]), prior=prior, snapshot=snapshot)
         validation.metrics["acceptance"] = json_safe(acceptance(validation.metrics, kind))
+    validation.metrics.update(json_safe(notes or {}))
     write_report(validation, out_dir)
     return validation.metrics
