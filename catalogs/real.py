@@ -10,7 +10,9 @@ Both are read and checked by :mod:`inference.member_table` (units converted wher
 
 For each cluster the galaxies inside the model's cylinder (comoving projected radius and line-of-sight velocity
 window of :func:`features.sky.project`, with the model's cosmology) are its members; the features, the corrected
-posterior and the diagnostics (:mod:`inference.diagnostics`) follow exactly as in ``clustermass query``. Rows that
+posterior and the diagnostics (:mod:`inference.diagnostics`) follow exactly as in ``clustermass query``: the same
+model answers (a run's set model before its flow, :func:`inference.query.choose_model`), a set model reading every
+cluster's members as a set, and the provenance's ``model_kind`` says which family it was. Rows that
 cannot be used — an empty cell, a non-finite or out-of-range value, a galaxy repeating an earlier row, a duplicate
 id, a cluster with too few members — are skipped, counted and named (file, row, column) in the returned report;
 nothing is dropped silently. What no row can fix (both sky and projected coordinates, a unit that cannot be
@@ -35,12 +37,14 @@ from features.sets import CODES, INPUTS
 from features.sky import angular_separation, comoving_distance
 from features.sky import project as sky_project
 from inference.member_table import SKY, MemberFile, checked_rows, open_centres, open_members, skipped, unit_notes
-from inference.posterior import SUMMARY_COLUMNS, prepare
+from inference.posterior import SUMMARY_COLUMNS, ModelInputs, prepare
 from inference.priors import DEFAULT_PRIOR
 from inference.query import ABSOLUTE_MIN_MEMBERS, choose_model
 from inference.selection import REDSHIFT_TOLERANCE, ModelSelection, model_selection, select_members
 from models.io import load_model
 from models.model import TrainedModel
+from models.set_batches import MEMBER_INPUTS, SetData
+from models.set_model import SET_KIND, TrainedSetModel, members_from_arrays, set_data
 from pipeline.errors import InputError
 from pipeline.provenance import code_version, digest_files, digest_json, model_digest, now
 
@@ -58,6 +62,8 @@ class RealReport:
     considered: list[dict[str, Any]] = field(default_factory=list)
     #: warnings and unit conversions, one line each
     notes: list[str] = field(default_factory=list)
+    #: the family that answered: ``"set"`` (members as a set, :mod:`models.set_model`), ``"flow"`` or ``"mdn"``
+    model_kind: str = ""
 
 
 def config_digest(prior: str, far_redshift: str, feature_set: str, cylinder: dict[str, Any]) -> str:
@@ -195,11 +201,11 @@ def _members(galaxies: _Galaxies, centres: _Centres, selection: ModelSelection, 
     return _Members(rows, np.asarray(offsets), np.concatenate(r_all), np.concatenate(v_all), np.concatenate(m_all))
 
 
-def _feature_table(model: TrainedModel, members: _Members, ids: np.ndarray, r_aperture: float, cpath: Path,
-                   skipped_clusters: list[str]) -> tuple[Any, np.ndarray, np.ndarray]:
-    """The catalog's leading columns (cluster_id, los, n_members, sigma_v_biweight), the model's feature matrix and
-    the centres-table rows of the clusters whose features are defined; the others are skipped (a line appended to
-    ``skipped_clusters``)."""
+def _feature_table(model: TrainedModel | TrainedSetModel, members: _Members, ids: np.ndarray, r_aperture: float,
+                   cpath: Path, skipped_clusters: list[str]) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The catalog's leading columns (cluster_id, los, n_members, sigma_v_biweight), the model's feature matrix (a
+    set model's: the summary features its diagnostics read) and the indices into ``members``' clusters of those
+    whose features are defined; the others are skipped (a line appended to ``skipped_clusters``)."""
     import pandas as pd
 
     feats = compute_features(members.offsets, members.r_proj, members.v_los, members.log10_mstar,
@@ -216,18 +222,27 @@ def _feature_table(model: TrainedModel, members: _Members, ids: np.ndarray, r_ap
     table = pd.DataFrame({"cluster_id": ids[rows_arr].astype(np.int64), "los": np.zeros(len(keep), np.int16),
                           "n_members": n_members.astype(np.int32),
                           "sigma_v_biweight": np.asarray(feats["sigma_v_biweight"])[keep]})
-    return table, x[keep], rows_arr
+    return table, x[keep], keep
+
+
+def _set_inputs(model: TrainedSetModel, members: _Members, keep: np.ndarray) -> SetData:
+    """A set model's inputs: the members of the clusters ``keep`` (indices into ``members``' clusters, in catalog
+    order) as sets (:func:`models.set_model.set_data`: r_proj, v_los and, for the ``full`` set, log10 M*)."""
+    mstar = members.log10_mstar if "log10_mstar" in MEMBER_INPUTS[model.feature_set] else None
+    sets = members_from_arrays(members.offsets, members.r_proj, members.v_los, mstar).take(keep)
+    return set_data(model, sets)
 
 
 def _write_catalogs(out: Path, table: Any, x: np.ndarray, setup: Any, diagnose: Diagnostics, far: np.ndarray,
-                    provenance: dict[str, str]) -> list[Path]:
+                    provenance: dict[str, str], inputs: ModelInputs | None = None) -> list[Path]:
     """``out/catalog.h5`` and ``out/catalog.fits``, block by block: the rows of ``table``, their posteriors under
-    ``setup`` from features ``x``, and their diagnostic columns (``far``: the REDSHIFT flag of each row)."""
+    ``setup`` from the model's ``inputs`` (default: the features ``x``; a set model's member sets), and their
+    diagnostic columns from the features ``x`` (``far``: the REDSHIFT flag of each row)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "catalog.h5", out / "catalog.fits"]
     with HDF5CatalogWriter(paths[0], len(table), setup.grid, _names(table, setup.grid), provenance) as h5, \
             FITSCatalogWriter(paths[1], len(table), setup.grid, _names(table, setup.grid), provenance) as fits:
-        for block in setup.blocks(x, chunk=CHUNK):
+        for block in setup.blocks(x if inputs is None else inputs, chunk=CHUNK):
             sl = slice(block.start, block.start + len(block.pdf))
             diag = diagnose(x[sl], setup.grid, block.pdf, table.iloc[sl], far_redshift=far[sl], posterior=block.flags)
             cols = catalog_columns(table.iloc[sl], block.values, block.pdf, diag)
@@ -254,8 +269,11 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
     notes = unit_notes(galaxies, names, h=snap.cosmology.h) + unit_notes(clusters, SKY)
     centres, skipped_clusters = _usable_centres(clusters, selection, far_redshift)
     members = _members(sample, centres, selection, cpath, skipped_clusters)
-    table, x, rows = _feature_table(model, members, centres.ids, selection.cylinder["r_aperture"], cpath,
+    table, x, keep = _feature_table(model, members, centres.ids, selection.cylinder["r_aperture"], cpath,
                                     skipped_clusters)
+    rows = np.asarray(members.rows)[keep]
+    is_set = isinstance(model, TrainedSetModel)
+    kind = SET_KIND if is_set else model.spec.kind
     setup = prepare(model, prior, snapshot=snap)
     provenance = {
         "code_version": code_version(),
@@ -266,14 +284,15 @@ def real_catalog(members_path: str | os.PathLike[str], clusters_path: str | os.P
         "training_prior": f"KDE of {model.training_prior.n_train} training log10 M200c",
         "cosmology": json.dumps(snap.cosmology.to_dict()), "snapshot": json.dumps(snap.to_dict()),
         "rows": f"real clusters of {cpath.name} with members from {gpath.name}",
-        "model_inputs": f"{feature_set}: {INPUTS[feature_set]}", "created": now(),
+        "model_inputs": f"{feature_set}: {INPUTS[feature_set]}", "model_kind": kind, "created": now(),
     }
     # every real cluster richer than any training cluster is flagged (RICHNESS), whatever the model's inputs: a
     # dynamics model never saw dispersions measured that precisely
     diagnose = Diagnostics(description, CODES[feature_set], True)
-    paths = _write_catalogs(out, table, x, setup, diagnose, selection.far_from_snapshot(centres.z[rows]), provenance)
+    paths = _write_catalogs(out, table, x, setup, diagnose, selection.far_from_snapshot(centres.z[rows]), provenance,
+                            _set_inputs(model, members, keep) if is_set else None)
     return RealReport(paths, str(directory), feature_set, len(table), skipped_clusters, skipped_galaxies,
-                      considered, notes)
+                      considered, notes, kind)
 
 
 def _names(table: Any, grid: np.ndarray) -> list[str]:

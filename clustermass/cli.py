@@ -217,7 +217,8 @@ def _add_query(sub: Any) -> None:
         formatter_class=_HelpFormatter,
     )
     p.add_argument("--model", type=Path, required=True,
-                   help="model directory (model.json), or a run's model/ directory (flow/ preferred, else mdn/)")
+                   help="model directory (model.json), or a run's model/ directory (set/ preferred, then flow/, "
+                   "else mdn/)")
     p.add_argument("--members", type=Path, required=True, help="members file (.csv, .ecsv, .fits, .h5)")
     p.add_argument("--prior", default=DEFAULT_PRIOR, help="flat | tinker08 | training | a two-column table file")
     p.add_argument("--center", type=float, nargs=3, default=None, metavar=("RA", "DEC", "Z"),
@@ -574,7 +575,8 @@ def _infer_real(args: argparse.Namespace, start: float) -> int:
         print(f"skipped: {line}", file=sys.stderr)
     for path in report.paths:
         print(f"catalog: {path}  ({report.clusters} clusters; {len(report.skipped_clusters)} skipped)")
-    print(f"model:   {report.model} ({report.feature_set})")
+    family = "set model: each cluster's members as a set" if report.model_kind == "set" else report.model_kind
+    print(f"model:   {report.model} ({report.feature_set}; {family})")
     for c in report.considered:
         if not c["used"]:
             print(f"         not {c['model']}: {c['why_not']}")
@@ -684,6 +686,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     ood = "n/a" if s["ood_score"] is None else f"{s['ood_score']:.3g}"
     print(f"model {s['model']} ({s['model_inputs']}: {s['inputs']}); ood_score {ood}, edge_mass "
           f"{s['edge_mass']:.3f}; flags {s['flags']} {' '.join(s['flag_names']) or '(none)'}")
+    if s["model_kind"] == "set":
+        print(next(note for note in s["notes"] if note.startswith("answered by the set model")))
     if args.plot is not None:
         print(f"plot: {args.plot}")
     return 0

@@ -1,7 +1,9 @@
 """The single-cluster query (``clustermass query``): the posterior mass of one cluster from a members file.
 
 The members are put through the same cylinder and feature definitions the model was trained with (stored in its
-model.json), then the model's posterior is corrected to the chosen prior on the model's grid.
+model.json), then the model's posterior is corrected to the chosen prior on the model's grid. A set model
+(:mod:`models.set_model`) reads the selected members themselves (r_proj, v_los and, for the ``full`` set, log10 M*);
+where a run has one it answers before the flow of its feature set, and the answer says so (``model_kind``, a note).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE, NEEDS_STELLAR_MA
 from features.sky import estimate_centre, project
 from inference.diagnostics import FLAGS, OOD_LIMIT, edge_mass, flag_bits, flag_names
 from inference.member_table import PROJECTED, SKY, MemberFile, check_centre, load_members, open_members, unit_notes
-from inference.posterior import prepare, summary_columns
+from inference.posterior import ModelInputs, prepare, summary_columns
 from inference.priors import DEFAULT_PRIOR
 from inference.selection import REDSHIFT_TOLERANCE, ModelSelection, model_selection, select_members
 from inference.selection import describe as describe_selection
 from models.io import MODEL_JSON, load_model, model_feature_set, read_description
 from models.model import TrainedModel
+from models.set_batches import MEMBER_INPUTS
+from models.set_model import SET_KIND, TrainedSetModel, members_from_arrays, set_data
 from models.typicality import ood_score
 from pipeline.cosmology import Cosmology
 from pipeline.errors import ConfigError, InputError
@@ -43,23 +47,30 @@ class QueryResult:
     warnings: tuple[str, ...]
 
 
+#: the density models of one feature set, in the order they are asked: the set model (every member's own inputs),
+#: then the first feature model present (summary features: the flow, else the MDN)
+MODEL_ORDER = ((SET_KIND,), ("flow", "mdn"))
+
+
 def candidate_models(path: str | os.PathLike[str]) -> list[Path]:
-    """``path`` itself when it is a model directory; else the density models of a run's model directory (``path``
-    or ``path/model``), richest feature set first (full, richness, dynamics), the flow before the MDN."""
+    """``path`` itself when it is a model directory (a feature model or a set model); else the density models of a
+    run's model directory (``path`` or ``path/model``), richest feature set first (full, richness, dynamics), and
+    within a feature set the set model (``set/``, reading every member) before the flow, or else the MDN."""
     p = Path(path)
     if (p / MODEL_JSON).is_file():
         return [p]
     found = []
     for root in (p, p / "model"):
         for feature_set in ("full", "richness", "dynamics"):
-            for kind in ("flow", "mdn"):
-                d = root / kind if feature_set == "full" else root / feature_set / kind
-                if (d / MODEL_JSON).is_file() and d not in found:
+            where = root if feature_set == "full" else root / feature_set
+            for kinds in MODEL_ORDER:
+                d = next((where / kind for kind in kinds if (where / kind / MODEL_JSON).is_file()), None)
+                if d is not None and d not in found:
                     found.append(d)
-                    break
         if found:
             return found
-    raise InputError(p, "no trained model here (expected model.json, or flow/ or mdn/ from `clustermass train`)")
+    raise InputError(p, "no trained model here (expected model.json, or set/, flow/ or mdn/ from `clustermass "
+                        "train`)")
 
 
 def query(model_path: str | os.PathLike[str], members_path: str | os.PathLike[str], *, prior: str = DEFAULT_PRIOR,
@@ -117,30 +128,32 @@ def write_plot(result: QueryResult, path: str | os.PathLike[str]) -> Path:
 
 def choose_model(model_path: str | os.PathLike[str], has_mstar: bool, *, members_path: Path,
                  only: str | None = None) -> tuple[Path, dict[str, Any], str, list[dict[str, Any]]]:
-    """The richest model of ``model_path`` (:func:`candidate_models`) whose inputs a member list with (or without)
-    stellar masses provides: (its directory, its model.json, its feature set, every model considered and why it
-    was not used). ``only``: consider the models of this feature set only."""
+    """The richest model of ``model_path`` (:func:`candidate_models`: a set model before the feature models of its
+    feature set) whose inputs a member list with (or without) stellar masses provides: (its directory, its
+    model.json, its feature set, every model considered — its ``model_kind``, and why it was not used). ``only``:
+    consider the models of this feature set only."""
     considered: list[dict[str, Any]] = []
     chosen = None
     for directory in candidate_models(model_path):
         description = read_description(directory)
         feature_set = model_feature_set(description, directory)
+        entry = {"model": str(directory), "feature_set": feature_set, "model_kind": model_kind(description)}
         if only is not None and feature_set != only:
-            considered.append({"model": str(directory), "feature_set": feature_set, "used": False,
-                               "why_not": f"--inputs {only} was asked for"})
+            considered.append({**entry, "used": False, "why_not": f"--inputs {only} was asked for"})
             continue
         if (feature_set in NEEDS_STELLAR_MASS or feature_set in NEEDS_COMPLETE_SAMPLE) and not has_mstar:
             why = ("needs stellar masses" if feature_set in NEEDS_STELLAR_MASS else
                    "needs stellar masses to apply its stellar-mass floor (a complete sample)")
-            considered.append({"model": str(directory), "feature_set": feature_set, "used": False,
-                               "why_not": f"{why}: the members file has no log10_mstar column"})
+            considered.append({**entry, "used": False, "why_not": f"{why}: the members file has no log10_mstar column"})
             continue
         if chosen is None:
             chosen = (directory, description, feature_set)
-            considered.append({"model": str(directory), "feature_set": feature_set, "used": True})
+            considered.append({**entry, "used": True})
         else:
-            considered.append({"model": str(directory), "feature_set": feature_set, "used": False,
-                               "why_not": "a richer model answered"})
+            answered = model_kind(chosen[1])
+            why = "a richer model answered" + (f": the {chosen[2]} set model {chosen[0]}, which reads every member"
+                                               if answered == SET_KIND else "")
+            considered.append({**entry, "used": False, "why_not": why})
     if chosen is None and only is not None and not any(c["feature_set"] == only for c in considered):
         raise InputError(model_path, f"no '{only}' model here; models: "
                                      f"{[c['feature_set'] for c in considered]}")
@@ -149,6 +162,20 @@ def choose_model(model_path: str | os.PathLike[str], has_mstar: bool, *, members
                                        "stellar-mass features (train a dynamics model, [train] feature_sets, to answer "
                                        "without it)", column="log10_mstar")
     return (*chosen, considered)
+
+
+def model_kind(description: dict[str, Any]) -> str:
+    """The family of a model from its model.json: ``"set"`` (a set model over the members,
+    :mod:`models.set_model`), or the feature model's density head, ``"flow"`` or ``"mdn"``."""
+    return str(description.get("kind", ""))
+
+
+def set_model_note(model: TrainedSetModel) -> str:
+    """What a set model reads, in words, for the notes of an answer (``infer`` prints it too)."""
+    inputs = ", ".join("log10 M*" if c == "log10_mstar" else c for c in MEMBER_INPUTS[model.feature_set])
+    count = ", with the member count" if "log10_n_members" in model.context_names else ""
+    return (f"answered by the set model (members as a set: {inputs}{count}; a {model.spec.kind} head), not from "
+            "summary features; ood_score and sigma_v still come from the summary features")
 
 
 @dataclass(frozen=True)
@@ -240,10 +267,11 @@ def _richness(n: int, description: dict[str, Any], selection: ModelSelection, no
     return few, rich
 
 
-def _feature_row(model: TrainedModel, cluster: _Cluster, r_aperture: float, path: Path
+def _feature_row(model: TrainedModel | TrainedSetModel, cluster: _Cluster, r_aperture: float, path: Path
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The model's features of the cluster as one row (1, F), and every feature; an undefined one is one error
-    line."""
+    line. A feature model reads the row; for either family the diagnostics do (``ood_score`` against the training
+    observations' features of the model's feature set, ``sigma_v``)."""
     n = len(cluster.r_proj)
     feats = compute_features(np.array([0, n]), cluster.r_proj, cluster.v_los, np.nan_to_num(cluster.log10_mstar),
                              r_aperture=r_aperture)
@@ -254,16 +282,28 @@ def _feature_row(model: TrainedModel, cluster: _Cluster, r_aperture: float, path
     return x, feats
 
 
-def _posterior(model: TrainedModel, model_dir: Path, prior: str, snapshot: Snapshot, x: np.ndarray
-               ) -> tuple[Any, Any]:
-    """The posterior setup (grid, target prior) and the one block of row ``x``; a NaN or infinite network output is
-    one error line (no answer rather than a NaN one)."""
+def _model_inputs(model: TrainedModel | TrainedSetModel, cluster: _Cluster, x: np.ndarray) -> ModelInputs:
+    """What ``model`` reads of the cluster: its feature row ``x`` (1, F) for a feature model; for a set model the
+    members themselves, one set (:func:`models.set_model.set_data`: r_proj, v_los and, for the ``full`` set, log10
+    M*)."""
+    if not isinstance(model, TrainedSetModel):
+        return x
+    mstar = cluster.log10_mstar if "log10_mstar" in MEMBER_INPUTS[model.feature_set] else None
+    return set_data(model, members_from_arrays(np.array([0, len(cluster.r_proj)]), cluster.r_proj, cluster.v_los,
+                                               mstar))
+
+
+def _posterior(model: TrainedModel | TrainedSetModel, model_dir: Path, prior: str, snapshot: Snapshot,
+               x: ModelInputs) -> tuple[Any, Any]:
+    """The posterior setup (grid, target prior) and the one block of the inputs ``x`` (a feature row, or one
+    member set); a NaN or infinite network output is one error line (no answer rather than a NaN one)."""
     setup = prepare(model, prior, snapshot=snapshot)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         block = next(setup.blocks(x))
     if block.flags[0] & FLAGS["INVALID_OUTPUT"]:  # one cluster: no answer rather than a NaN one
-        raise InputError(model_dir, "the network's log density is NaN or infinite for these members' features (flag "
+        what = "these members" if isinstance(model, TrainedSetModel) else "these members' features"
+        raise InputError(model_dir, f"the network's log density is NaN or infinite for {what} (flag "
                                     "INVALID_OUTPUT): a bug or a corrupt model; retrain it")
     return setup, block
 
@@ -292,8 +332,10 @@ def _diagnose(x: np.ndarray, description: dict[str, Any], grid: np.ndarray, bloc
 def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, members: MemberFile, *, prior: str,
             centre: tuple[float, float, float] | None, considered: list[dict[str, Any]],
             far_redshift: str = "warn") -> QueryResult:
-    """The answer of the model in ``model_dir`` for ``members``: each step adds its notes, in order."""
-    model: TrainedModel = load_model(model_dir)
+    """The answer of the model in ``model_dir`` (a feature model or a set model) for ``members``: each step adds
+    its notes, in order."""
+    model: TrainedModel | TrainedSetModel = load_model(model_dir)
+    kind = SET_KIND if isinstance(model, TrainedSetModel) else model.spec.kind
     selection = model_selection(model_dir, description, feature_set, members_path=members.path,
                                 has_mag_r=members.has("mag_r"))
     path = members.path
@@ -304,12 +346,15 @@ def _answer(model_dir: Path, description: dict[str, Any], feature_set: str, memb
     n = len(cluster.r_proj)
     few, rich = _richness(n, description, selection, notes)
     x, feats = _feature_row(model, cluster, selection.cylinder["r_aperture"], path)
-    setup, block = _posterior(model, model_dir, prior, selection.snapshot, x)
+    if isinstance(model, TrainedSetModel):
+        notes.append(set_model_note(model))
+    setup, block = _posterior(model, model_dir, prior, selection.snapshot, _model_inputs(model, cluster, x))
     ood, edge, flags = _diagnose(x, description, setup.grid, block, few=few, far=far, rich=rich, notes=notes)
     summary = {
         **{name: float(value[0]) for name, value in summary_columns(block.values).items()},
         "n_members": n, "sigma_v": float(feats["sigma_v_biweight"][0]), "prior": setup.target.name,
-        "model": str(model_dir), "model_inputs": feature_set, "model_inputs_code": CODES.get(feature_set, 0),
+        "model": str(model_dir), "model_kind": kind, "model_inputs": feature_set,
+        "model_inputs_code": CODES.get(feature_set, 0),
         "inputs": INPUTS.get(feature_set, ""), "models_considered": considered, "selection_cut": cut,
         "ood_score": ood, "edge_mass": edge, "flags": flags, "flag_names": flag_names(flags),
         "mass_unit": "log10 M200c [Msun/h]", "sigma_v_unit": "km/s", "notes": notes,
