@@ -23,7 +23,7 @@ from inference.priors import DEFAULT_PRIOR
 from ingest.config import SynthSection
 from ingest.synth.synthesize import OUTPUT_FORMATS
 from models.config import TrainSection
-from models.spec import KINDS
+from models.spec import MODEL_KINDS
 from pipeline import __version__
 from pipeline.errors import ClusterMassError, ConfigError, OutputError, no_space
 
@@ -139,7 +139,7 @@ def _add_observe(sub: Any) -> None:
 def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
-        help="train a model (mdn, flow or mse) and the M-sigma baseline on mock observations",
+        help="train a model (mdn, flow, mse or set) and the M-sigma baseline on mock observations",
         description="Reads DIR/observations (from `observe` or `run`), holds out --test-fraction of the hosts, "
         "trains on the rest (validation split by host, early stopping) and writes OUT/<kind>/, OUT/msigma.json and "
         "OUT/split.json.",
@@ -148,7 +148,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--observations", type=Path, required=True, help="directory holding observations/")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--config", type=Path, default=None, help="TOML with a [train] section (options override)")
-    p.add_argument("--kind", action="append", choices=list(KINDS), default=None,
+    p.add_argument("--kind", action="append", choices=list(MODEL_KINDS), default=None,
                    help=f"model(s) to train; repeat for several (default: the configuration's, else "
                         f"{_section_default(_TRAIN, 'models')})")
     _section_options(p, _TRAIN, (
@@ -519,7 +519,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_out(args)
     start = time.perf_counter()
     table, meta = load_observation_table(args.observations)
-    members = read_members(args.observations) if set(section.feature_sets) - {"full"} else None
+    needs_members = set(section.feature_sets) - {"full"} or "set" in (args.kind or section.models)
+    members = read_members(args.observations) if needs_members else None
     summary = train_stage(table, section, args.out, kinds=args.kind, quiet=args.quiet, members=members,
                           observations={"config": meta["config"], "snapshot": meta["snapshot"]})
     for kind, info in summary["models"].items():

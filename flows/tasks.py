@@ -193,7 +193,7 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
 
     table, meta = load_observation_table(run_dir)
     section = TrainSection(**{k: v for k, v in train.items() if k != "reuse"})
-    members = read_members(run_dir) if set(section.feature_sets) - {"full"} else None
+    members = read_members(run_dir) if set(section.feature_sets) - {"full"} or "set" in section.models else None
     target = at(run_dir, model_dir)
     tmp = target.with_name(f".{target.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)

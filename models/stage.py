@@ -1,10 +1,11 @@
 """The training stage and its product, a run's model directory ``DIR/model/``.
 
 :func:`train_stage` splits the hosts, trains the configured models and the M-sigma baseline and writes:
-``DIR/model/<kind>/`` (``mdn``, ``flow``, ``mse``) model directories (:mod:`models.io`); ``DIR/model/msigma.json``,
-the M-sigma power law fitted on the training hosts; ``DIR/model/split.json``, the held-out test hosts, which no model
-has seen. :func:`load_models`, :func:`load_msigma` and :func:`held_out` read them back. Called by
-``clustermass train`` and by the flow's train task alike.
+``DIR/model/<kind>/`` (``mdn``, ``flow``, ``mse``, ``set``) model directories (:mod:`models.io`) of the full feature
+set and ``DIR/model/<feature set>/<kind>/`` of the others (``dynamics/flow``, ``dynamics/set``...;
+:func:`model_dir_for`); ``DIR/model/msigma.json``, the M-sigma power law fitted on the training hosts;
+``DIR/model/split.json``, the held-out test hosts, which no model has seen. :func:`load_models`, :func:`load_msigma`
+and :func:`held_out` read them back. Called by ``clustermass train`` and by the flow's train task alike.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from models.io import load_model, save_model
 from models.model import TARGET, TrainedModel, host_split, train_model
 from models.msigma import FEATURE as MSIGMA_FEATURE
 from models.msigma import PURE_FEATURE, MSigmaFit, fit_msigma
+from models.set_model import SET_FEATURE_SETS, SET_KIND, TrainedSetModel, train_set_model
 from models.typicality import typicality_stats
 from pipeline.errors import ConfigError, InputError
 from pipeline.files import write_json
@@ -77,7 +79,11 @@ def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLi
 
     ``observations``: how the observations were made (cylinder, lines of sight, snapshot), stored in every
     model.json so that `clustermass query` applies the same definitions to a members file. ``members``: the
-    observations' member arrays, needed for the ``dynamics`` set (trained on randomly thinned members).
+    observations' member arrays in the table's row order, needed for the ``dynamics`` set (trained on randomly
+    thinned members) and for the set model (``"set"``, :func:`train_set_models`).
+
+    The M-sigma law is fitted first (on the training hosts' ``sigma_v_std``): the set model's
+    ``msigma_residual`` target is the residual to it.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,6 +91,19 @@ def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLi
     cylinder = (observations or {}).get("config", {}).get("cylinder", {})
     summary: dict[str, Any] = {"test_rows": int(test.sum()), "models": {}}
     y_all = table[TARGET].to_numpy(np.float64)
+    wanted = list(kinds or section.models)
+    if SET_KIND in wanted and members is None:
+        raise ConfigError("[train] models: the set model ('set') reads every observation's members: expected the "
+                          "observations' members.h5")
+    full = np.isfinite(table[MSIGMA_FEATURE].to_numpy(np.float64))
+    tr = ~test & full
+    y = y_all[tr]
+    ms = fit_msigma(table.loc[tr, MSIGMA_FEATURE].to_numpy(), y, mass_range=FIT_RANGE)
+    document = {"feature": MSIGMA_FEATURE, "unit": {"sigma_v": "km/s", "M200c": "Msun/h"}, **ms.to_dict()}
+    if PURE_FEATURE in table:  # Ho et al. 2019's "pure" baseline: the true members' dispersion (mocks only)
+        pure = fit_msigma(table.loc[tr, PURE_FEATURE].to_numpy(), y, mass_range=FIT_RANGE)
+        document["pure"] = {"feature": PURE_FEATURE, **pure.to_dict()}
+    write_json(out / "msigma.json", document)
     for feature_set in section.feature_sets:
         if feature_set == "full":
             names, rows, min_members = feature_list(table, section), table, int(cylinder.get("min_members", 1))
@@ -113,8 +132,8 @@ def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLi
             "training_members": [int(rows.loc[tr, "n_members"].min()), int(rows.loc[tr, "n_members"].max())],
             "typicality": typicality_stats(x),
         }
-        wanted = kinds or section.models
-        for kind in wanted if feature_set == "full" else [k for k in wanted if k != "mse"]:
+        feature_kinds = [k for k in wanted if k != SET_KIND and (feature_set == "full" or k != "mse")]
+        for kind in feature_kinds:
             spec, train = section.specs(kind)
             progress = _EpochProgress(f"{kind} ({feature_set})", train.max_epochs, quiet)
             model, histories = train_model(x, y, cid, feature_names=names, spec=spec, train=train,
@@ -124,19 +143,41 @@ def train_stage(table: pd.DataFrame, section: TrainSection, out: str | os.PathLi
             summary["models"][f"{feature_set}/{kind}"] = {
                 "dir": str(target), "feature_set": feature_set, "train_rows": int(tr.sum()),
                 "best_val_nll": [min(h.val_loss) for h in histories], "epochs": [len(h.val_loss) for h in histories]}
-    full = np.isfinite(table[MSIGMA_FEATURE].to_numpy(np.float64))
-    tr = ~test & full
-    y = y_all[tr]
-    ms = fit_msigma(table.loc[tr, MSIGMA_FEATURE].to_numpy(), y, mass_range=FIT_RANGE)
-    document = {"feature": MSIGMA_FEATURE, "unit": {"sigma_v": "km/s", "M200c": "Msun/h"}, **ms.to_dict()}
-    if PURE_FEATURE in table:  # Ho et al. 2019's "pure" baseline: the true members' dispersion (mocks only)
-        pure = fit_msigma(table.loc[tr, PURE_FEATURE].to_numpy(), y, mass_range=FIT_RANGE)
-        document["pure"] = {"feature": PURE_FEATURE, **pure.to_dict()}
-    write_json(out / "msigma.json", document)
+        if SET_KIND in wanted and feature_set in SET_FEATURE_SETS:
+            assert members is not None
+            # the flow's rows: the same usable ones for the full set; for dynamics the lists the thinning draws
+            # from (complete, enough members to thin to min_members_thinned), thinned afresh every epoch
+            rows_ok = np.asarray(usable if feature_set == "full" else table["n_members"] >= min_members, bool)
+            set_rows = np.flatnonzero(~test & rows_ok & np.isfinite(y_all))
+            summary["models"][f"{feature_set}/{SET_KIND}"] = train_set_models(
+                table, members, set_rows, section, feature_set, out, extra=extra, msigma=ms, quiet=quiet)
     write_json(out / "split.json", {"test_fraction": section.test_fraction, "seed": section.test_seed,
                                      "test_cluster_ids": sorted(set(table.loc[test, "cluster_id"].tolist()))})
     summary["msigma"] = ms.to_dict()
     return summary
+
+
+def train_set_models(table: pd.DataFrame, members: Members, rows: np.ndarray, section: TrainSection,
+                     feature_set: str, out: Path, *, extra: dict[str, Any], msigma: MSigmaFit,
+                     quiet: bool = False) -> dict[str, Any]:
+    """Train and write the set model of ``feature_set`` (``full`` or ``dynamics``) on the observations ``rows``
+    (integer index into ``table`` and ``members``, same order): ``section.ensemble`` networks of
+    :meth:`TrainSection.set_spec`, the flow head of :meth:`TrainSection.specs`, target ``section.set_target``
+    (``msigma``: the law of the residual target), the dynamics lists thinned every epoch by
+    ``section.members_kept``. ``extra``: the feature flow's record (observations, selection, training range,
+    typicality of the summary features), written into its model.json too. Returns the summary entry."""
+    spec, train = section.specs(SET_KIND)
+    progress = _EpochProgress(f"{SET_KIND} ({feature_set})", train.max_epochs, quiet, every=5)
+    model, histories = train_set_model(
+        members.take(rows), table[TARGET].to_numpy(np.float64)[rows], table["cluster_id"].to_numpy()[rows],
+        feature_set=feature_set, spec=spec, set_spec=section.set_spec(feature_set), train=train,
+        target=section.set_target, msigma=msigma,
+        members_kept=section.members_kept if feature_set == "dynamics" else None, progress=progress)
+    target = model_dir_for(out, feature_set, SET_KIND)
+    save_model(target, model, histories=histories, extra=extra)
+    return {"dir": str(target), "feature_set": feature_set, "train_rows": len(rows),
+            "best_val_nll": [min(h.val_loss) for h in histories], "epochs": [len(h.val_loss) for h in histories],
+            "set_target": section.set_target, "set_pooling": section.set_pooling}
 
 
 def load_msigma(path: str | os.PathLike[str], *, pure: bool = False) -> MSigmaFit | None:
@@ -175,21 +216,22 @@ def held_out(table: pd.DataFrame, model_dir: str | os.PathLike[str]) -> pd.DataF
     return table[held_out_mask(table, model_dir)].reset_index(drop=True)
 
 
-def load_models(model_dir: str | os.PathLike[str]) -> dict[str, TrainedModel]:
-    """Every trained model of a run's model directory, by kind (``mdn``, ``flow``, ``mse``)."""
+def load_models(model_dir: str | os.PathLike[str]) -> dict[str, TrainedModel | TrainedSetModel]:
+    """Every trained model of the full feature set in a run's model directory, by kind (``mdn``, ``flow``, ``mse``,
+    ``set``)."""
     model_dir = Path(model_dir)
-    kinds = [k for k in ("mdn", "flow", "mse") if (model_dir / k / "model.json").exists()]
+    kinds = [k for k in ("mdn", "flow", "mse", SET_KIND) if (model_dir / k / "model.json").exists()]
     if not kinds:
-        raise InputError(model_dir, "no trained model here (expected mdn/, flow/ or mse/)")
+        raise InputError(model_dir, "no trained model here (expected mdn/, flow/, mse/ or set/)")
     return {k: load_model(model_dir / k) for k in kinds}
 
 
 class _EpochProgress:
-    def __init__(self, kind: str, max_epochs: int, quiet: bool) -> None:
-        self.kind, self.max_epochs, self.quiet = kind, max_epochs, quiet
+    def __init__(self, kind: str, max_epochs: int, quiet: bool, every: int = 20) -> None:
+        self.kind, self.max_epochs, self.quiet, self.every = kind, max_epochs, quiet, every
 
     def __call__(self, member: int, epoch: int, train_loss: float, val_loss: float) -> None:
-        if not self.quiet and (epoch % 20 == 0):
+        if not self.quiet and (epoch % self.every == 0):
             what = "MSE" if self.kind == "mse" else "NLL"
             print(f"train {self.kind} member {member} epoch {epoch:4d}  train {what} {train_loss:8.4f}  "
                   f"val {what} {val_loss:8.4f}", flush=True)
