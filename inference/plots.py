@@ -96,7 +96,8 @@ def example_posteriors(grid: np.ndarray, pdfs: np.ndarray, raw: np.ndarray, true
 def query_posterior(grid: np.ndarray, pdf: np.ndarray, summary: dict[str, Any], path: Path) -> Path:
     """One cluster's posterior density on ``grid`` [log10 Msun/h], its 68% interval and mode (``clustermass query``).
 
-    ``summary``: the query's summary (:data:`inference.posterior.SUMMARY_COLUMNS` keys, ``n_members``, ``prior``).
+    ``summary``: the query's summary (:data:`inference.posterior.SUMMARY_COLUMNS` keys, ``n_members``, ``prior``;
+    the title names the model's inputs and, for a set model, says so).
     """
     s = summary
     fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -106,7 +107,7 @@ def query_posterior(grid: np.ndarray, pdf: np.ndarray, summary: dict[str, Any], 
     ax.set_xlabel(r"$\log_{10} M_{200c}$ [$h^{-1} M_\odot$]")
     ax.set_ylabel("posterior density [1/dex]")
     flags = ", ".join(s.get("flag_names") or []) or "no flags"
-    inputs = s.get("model_inputs", "")
+    inputs = s.get("model_inputs", "") + (" set" if s.get("model_kind") == "set" else "")  # the family, if set
     ax.set_title(f"{s['n_members']} members, {inputs} model, prior {s['prior']}; {flags}", fontsize=8)
     ax.legend(fontsize=8)
     return _save(fig, Path(path))

@@ -18,6 +18,7 @@ from clustermass.cli import main
 from features.definitions import compute_features
 from features.sets import FEATURE_SETS, INPUTS
 from features.sky import C_KMS, comoving_distance
+from inference import plots
 from inference.posterior import prepare
 from models.io import load_model, save_model
 from models.set_encoder import SetSpec
@@ -106,7 +107,7 @@ def _direct(model_dir, r, v, m):
     return float(next(prepare(model, "flat", snapshot=SNAPSHOT).blocks(x)).values["mode"][0])
 
 
-def test_a_run_with_a_set_model_answers_with_it_and_says_so(run_models, tmp_path, capsys):
+def test_a_run_with_a_set_model_answers_with_it_and_says_so(run_models, tmp_path, capsys, monkeypatch):
     r, v, m = _cluster(0)
     path = _write(tmp_path / "c.csv", r_proj=r, v_los=v, log10_mstar=m)
     s = json.loads(_query(capsys, "--model", str(run_models), "--members", str(path), "--json"))
@@ -126,9 +127,14 @@ def test_a_run_with_a_set_model_answers_with_it_and_says_so(run_models, tmp_path
     f = json.loads(_query(capsys, "--model", str(flow_only), "--members", str(path), "--json"))
     assert f["model_kind"] == "flow" and not any(n.startswith("answered by the set") for n in f["notes"])
     assert f["log10_m200c_mode"] != pytest.approx(s["log10_m200c_mode"], abs=1e-5)
-    # the text answer says it too
+    # the text answer says it too, and so does the plot's title
     out = _query(capsys, "--model", str(run_models), "--members", str(path))
     assert "answered by the set model" in out and f"model {run_models / 'set'} (full" in out
+    titles = []
+    monkeypatch.setattr(plots, "_save", lambda fig, p: titles.append(fig.axes[0].get_title()) or p)
+    for model, what in ((run_models, "full set model"), (flow_only, "full model")):
+        _query(capsys, "--model", str(model), "--members", str(path), "--plot", str(tmp_path / "p.png"))
+        assert f"members, {what}, prior flat" in titles[-1]
 
 
 def test_without_stellar_masses_the_dynamics_set_model_answers(run_models, tmp_path, capsys):
