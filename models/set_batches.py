@@ -21,6 +21,7 @@ of ``cap`` (:func:`cap_sets`, seeded). Counts are read before capping, so a mode
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -145,6 +146,27 @@ def cap_keep(counts: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarr
         drop = np.ones(counts[i], dtype=bool)
         drop[rng.choice(counts[i], size=cap, replace=False)] = False
         keep[starts[i]:starts[i] + counts[i]] = ~drop
+    return keep
+
+
+def set_keyed_cap_keep(data: SetData, cap: int, seed: int) -> np.ndarray:
+    """Boolean mask over members like :func:`cap_keep`, but each large set's subsample is a function of the set
+    alone: drawn from a stream seeded by ``seed`` and a digest of its members' inputs taken in a canonical (sorted)
+    order. The same members give the same subsample whatever their order in the list, whatever other observations
+    are evaluated with them (`clustermass query` on one cluster and a row of `infer` agree), and on every run."""
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1 member, got {cap}")
+    keep = np.ones(len(data.inputs), dtype=bool)
+    for i in np.flatnonzero(data.counts > cap):
+        start, stop = int(data.offsets[i]), int(data.offsets[i + 1])
+        rows = np.ascontiguousarray(data.inputs[start:stop], np.float32)
+        order = np.lexsort(rows.T[::-1])  # canonical order: by the first input, then the next...
+        digest = hashlib.blake2b(rows[order].tobytes(), digest_size=8).digest()
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x5E7, int.from_bytes(digest, "little"))))
+        chosen = order[rng.choice(stop - start, size=cap, replace=False)]
+        block = np.zeros(stop - start, dtype=bool)
+        block[chosen] = True
+        keep[start:stop] = block
     return keep
 
 

@@ -32,7 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.networks import Network, Trunk
-from models.set_batches import DEFAULT_CAP, MEMBER_SCALES, SetData, bucket_widths, cap_sets, ordered_batches
+from models.set_batches import (
+    DEFAULT_CAP,
+    MEMBER_SCALES,
+    SetData,
+    bucket_widths,
+    ordered_batches,
+    set_keyed_cap_keep,
+)
 from models.spec import ModelSpec
 from pipeline.errors import ConfigError
 
@@ -237,12 +244,14 @@ def set_log_prob_grid(spec: ModelSpec, set_spec: SetSpec, members_params: Sequen
 
     ``grid_std`` (G,): standardised target points; ``offset_std`` (N,): a per-observation shift subtracted from the
     grid (a model of the residual to a per-observation prediction, in the same standardised units), default 0.
-    Sets above ``set_spec.cap`` members keep a subsample drawn with ``seed``. Divide by the target's standard
+    Sets above ``set_spec.cap`` members keep a subsample that depends on ``seed`` and the set's own members only
+    (:func:`models.set_batches.set_keyed_cap_keep`), not on the other rows. Divide by the target's standard
     deviation (subtract its log) for a density per dex.
     """
     if not spec.is_density:
         raise ValueError(f"a '{spec.kind}' model predicts points, not densities")
-    data = cap_sets(data, set_spec.cap, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x5E7,))))
+    if np.any(data.counts > set_spec.cap):
+        data = data.with_members(set_keyed_cap_keep(data, set_spec.cap, seed))
     stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack([jnp.asarray(a) for a in leaves]), *members_params)
     grid = np.asarray(grid_std, np.float32)
     offset = np.zeros(data.n_obs, np.float32) if offset_std is None else np.asarray(offset_std, np.float32)

@@ -23,6 +23,7 @@ from models.set_batches import (
     member_inputs,
     ordered_batches,
     pad_batch,
+    set_keyed_cap_keep,
     thin_sets,
     thinning_keep,
 )
@@ -336,3 +337,23 @@ def test_a_small_set_model_learns_the_true_conditional():
     assert nll_dex < prior_nll - 0.5, (nll_dex, prior_nll, best)
     assert nll_dex < best + 0.1, (nll_dex, best)  # 0.07 nats above it in 40 epochs
     assert hist.best_epoch >= 0 and len(hist.val_loss) == len(hist.train_loss)
+
+
+def test_the_prediction_subsample_of_a_large_set_depends_on_that_set_alone():
+    """A set above the cap keeps the same members at prediction whatever the other rows and the members' order
+    (query on one cluster and the same cluster's infer row agree), a different seed draws another subsample."""
+    counts = np.array([300, 20, 500])
+    data = SetData.build(members_of(counts), ("r_proj", "v_los"))
+    alone = data.take(np.array([2]))
+    shuffled = alone.with_members(np.ones(500, bool))
+    perm = np.random.default_rng(5).permutation(500)
+    shuffled = SetData(shuffled.offsets, shuffled.inputs[perm], shuffled.context, shuffled.y)
+
+    def kept(d: SetData, row: int, seed: int = 0) -> set:
+        k = d.with_members(set_keyed_cap_keep(d, 64, seed))
+        return {tuple(r) for r in k.inputs[k.offsets[row]:k.offsets[row + 1]]}
+
+    together = kept(data, 2)
+    assert len(together) == 64 and together == kept(alone, 0) == kept(shuffled, 0)
+    assert kept(data, 2, seed=1) != together
+    assert len(kept(data, 1)) == 20
