@@ -19,6 +19,9 @@ the validation NLLs per dex are comparable with the feature flow's own). Variant
   choice, Wang, Thiele & Ho 2026), the M-sigma estimate also in the context;
 * ``features`` — moments pooling with the 18 standardised summary features in the context (``full`` only).
 
+``--true-members`` trains and scores on the true members only (no interlopers): the anchor's idealised case, the
+information the members carry when nothing contaminates them.
+
 ``full`` set: members' r_proj, v_los, log10 M*, and log10 of the member count in the context; complete lists.
 ``dynamics`` set: r_proj, v_los only, no count; the training lists are thinned afresh every epoch by the training
 stage's rule (``[train] members_kept``, :func:`models.set_batches.thin_sets`), the validation lists once;
@@ -58,6 +61,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from features.definitions import FEATURE_NAMES  # noqa: E402
 from features.io import load_observation_table, read_members  # noqa: E402
+from features.members import Members  # noqa: E402
 from features.sets import FEATURE_SETS, thin  # noqa: E402
 from inference.metrics import BIN_WIDTH, MASS_RANGE, DensityPosteriors, accuracy, calibrate  # noqa: E402
 from inference.posterior import GRID_POINTS, log_prior_ratio, posterior_block  # noqa: E402
@@ -192,6 +196,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--learning-rate", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--true-members", action="store_true",
+                    help="train and score on the true members only (no interlopers: the idealised case)")
     args = ap.parse_args()
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown or (args.set == "dynamics" and "features" in args.variants.split(",")):
@@ -200,6 +206,11 @@ def main() -> None:
     start = time.perf_counter()
     run = args.run
     table, meta, members = load_run(run)
+    if args.true_members:  # the anchor's idealised case: no interlopers (the information limit of the members)
+        keep = members.is_true_member.astype(bool)
+        counts = np.bincount(np.repeat(np.arange(members.n_obs), members.counts)[keep], minlength=members.n_obs)
+        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        members = Members(offsets, **{k: v[keep] for k, v in members.arrays().items()})
     model_dir = run / "model"
     cylinder = meta["config"]["cylinder"]
     msigma = load_msigma(model_dir / "msigma.json")
@@ -272,7 +283,9 @@ def main() -> None:
 
         t0 = time.perf_counter()
         params, hist = fit_set(spec, sspec, train_data=tr_ready, val_data=val_ready, train=train, seed=args.seed,
-                               augment=augment)
+                               augment=augment, progress=lambda e, tl, vl, name=name, t0=t0: print(
+                                   f"{name} epoch {e} train {tl:.4f} val {vl:.4f} {time.perf_counter() - t0:.0f} s",
+                                   file=sys.stderr, flush=True))
         train_seconds = time.perf_counter() - t0
         out: dict[str, Any] = {
             "pooling": pooling, "residual_to_msigma": residual, "summary_features": features,

@@ -36,6 +36,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,13 @@ def train_runs(work: Path, box_size: float, *, sensitivity: bool) -> dict[str, P
     return runs
 
 
-def test_boxes(work: Path, box_size: float) -> dict[str, Path]:
+def test_boxes(work: Path, box_size: float, *, names: Sequence[str] | None = None) -> dict[str, Path]:
+    """The observations of the test boxes ``names`` (default: every one of :data:`SHIFTS`), synthesised and observed
+    into ``work`` where missing."""
     boxes = {}
     for name, shift in SHIFTS.items():
+        if names is not None and name not in names:
+            continue
         obs = work / f"obs-{name}"
         if not (obs / "observations").exists():
             box = work / f"box-{name}"
