@@ -271,3 +271,10 @@ def test_validate_scores_the_held_out_hosts_observed_again_without_centring_erro
                  "none"]) == 2
     err = capsys.readouterr().err
     assert "give --halos and --galaxies" in err and err.count("\n") == 1
+    # a run directory's run.json names them
+    outputs = {"halos": str(tiny_box / "halos.h5"), "galaxies": str(tiny_box / "galaxies.h5")}
+    (tmp_path / "on" / "run.json").write_text(json.dumps({"outputs": outputs}))
+    assert main([*common, "--observations", str(tmp_path / "on"), "--out", str(tmp_path / "v-run"), "--centring",
+                 "none"]) == 0
+    c = json.loads((tmp_path / "v-run" / "metrics.json").read_text())
+    assert c.pop("centring")["reobserved"] and c == b
