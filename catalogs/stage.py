@@ -2,6 +2,10 @@
 
 Both files have the same rows and columns (:mod:`catalogs.schema`); they are streamed block by block, so only one
 block of PDFs is in memory. Called by ``clustermass infer`` and by the flow's catalogs task alike.
+
+The catalog's model may be a set model (``main = "set"``, :mod:`models.set_model`): it reads the rows' members
+(``members``, in the table's row order); its diagnostic columns (``ood_score``) score the rows' summary features of
+its feature set, as for the flow.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import pandas as pd
 
 from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
+from features.members import Members
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE
 from inference.diagnostics import edge_mass, flag_bits
 from inference.posterior import SUMMARY_COLUMNS, prepare, summary_columns
 from models.io import model_feature_set, read_description
 from models.model import TARGET, TrainedModel
+from models.set_model import SET_KIND, TrainedSetModel, set_data
 from models.stage import load_models
 from models.typicality import ood_score
 from pipeline.errors import InputError
@@ -31,7 +37,7 @@ from pipeline.snapshot import Snapshot
 CHUNK = 4096
 
 
-def provenance_for(model_dir: Path, main: str, models: dict[str, TrainedModel], target_name: str,
+def provenance_for(model_dir: Path, main: str, models: dict[str, TrainedModel | TrainedSetModel], target_name: str,
                    snapshot: Snapshot, rows: str, config_digest: str = "") -> dict[str, Any]:
     """The provenance every catalog carries (FITS header, HDF5 root attributes)."""
     return {
@@ -52,12 +58,13 @@ def provenance_for(model_dir: Path, main: str, models: dict[str, TrainedModel], 
 
 def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
                   prior: str, snapshot: Snapshot, main: str = "flow", rows: str = "all observations",
-                  config_digest: str = "", chunk: int = CHUNK) -> list[Path]:
+                  config_digest: str = "", chunk: int = CHUNK, members: Members | None = None) -> list[Path]:
     """Catalogs of every row of ``table`` (a feature table) under the target ``prior``: ``out/catalog.h5`` and
     ``out/catalog.fits``.
 
-    ``main``: the density model that fills the catalog (the other one if ``main`` was not trained); ``rows``: what
-    the rows are, for the provenance.
+    ``main``: the density model that fills the catalog (``flow``, ``mdn`` or ``set``; the flow, else the MDN, if
+    ``main`` was not trained); ``rows``: what the rows are, for the provenance; ``members``: the rows' member arrays
+    (same order), which a set model reads (required when it fills the catalog).
     """
     model_dir, out = Path(model_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,12 +75,18 @@ def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: s
     missing = [f for f in model.feature_names if f not in table.columns]
     if missing:
         raise InputError(model_dir / main, f"the observations lack the model's features {missing}")
+    if isinstance(model, TrainedSetModel) and (members is None or members.n_obs != len(table)):
+        raise InputError(model_dir / main, f"the set model reads every observation's members: expected the members "
+                                           f"of the {len(table)} rows (members.h5), got "
+                                           f"{'none' if members is None else members.n_obs}")
     setup = prepare(model, prior, snapshot=snapshot)
     description = read_description(model_dir / main)
     feature_set = model_feature_set(description, model_dir / main)
     provenance = provenance_for(model_dir, main, models, setup.target.name, snapshot, rows, config_digest)
     provenance["model_inputs"] = f"{feature_set}: {INPUTS[feature_set]}"
-    x = table[list(model.feature_names)].to_numpy()
+    provenance["model_kind"] = SET_KIND if isinstance(model, TrainedSetModel) else model.spec.kind
+    x = table[list(model.feature_names)].to_numpy()  # the summary features: the flow's inputs, every diagnostic's
+    inputs = set_data(model, members) if isinstance(model, TrainedSetModel) else x
     diagnose = Diagnostics(description, CODES[feature_set], feature_set in NEEDS_COMPLETE_SAMPLE)
     probe = catalog_columns(table.iloc[:1], {k: np.zeros(1, np.float32) for k in SUMMARY_COLUMNS},
                             np.zeros((1, len(setup.grid)), np.float32),
@@ -82,7 +95,7 @@ def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: s
     paths = [out / "catalog.h5", out / "catalog.fits"]
     with HDF5CatalogWriter(paths[0], len(table), setup.grid, names, provenance) as h5, \
             FITSCatalogWriter(paths[1], len(table), setup.grid, names, provenance) as fits:
-        for block in setup.blocks(x, chunk=chunk):
+        for block in setup.blocks(inputs, chunk=chunk):
             part = table.iloc[block.start:block.start + len(block.pdf)]
             xb = x[block.start:block.start + len(block.pdf)]
             cols = catalog_columns(part, block.values, block.pdf,

@@ -544,8 +544,11 @@ def _observation_table(directory: Path):
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from catalogs.stage import catalog_stage
-    from models.stage import held_out
+    from features.io import MEMBERS_FILE, read_members
+    from models.stage import held_out_mask
 
     start = time.perf_counter()
     real = args.members is not None or args.clusters is not None
@@ -556,9 +559,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
         return _infer_real(args, start)
     table, snapshot = _observation_table(args.observations)
     rows = "all observations"
+    keep = np.ones(len(table), bool)
     if args.held_out_only:
-        table, rows = held_out(table, args.model), "held-out test hosts (never seen in training)"
-    paths = catalog_stage(table, args.model, args.out, prior=args.prior, snapshot=snapshot, main=args.use, rows=rows)
+        keep, rows = held_out_mask(table, args.model), "held-out test hosts (never seen in training)"
+        table = table[keep].reset_index(drop=True)
+    members = None
+    if args.use == "set" and (args.observations / MEMBERS_FILE).is_file():  # the set model reads the members
+        members = read_members(args.observations).take(keep)
+    paths = catalog_stage(table, args.model, args.out, prior=args.prior, snapshot=snapshot, main=args.use, rows=rows,
+                          members=members)
     for path in paths:
         print(f"catalog: {path}  ({len(table)} rows, {rows})")
     print(f"time:    {time.perf_counter() - start:.1f} s")
@@ -609,15 +618,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{metrics['estimator']}: bias {metrics['bias_dex']:+.4f} dex, scatter {metrics['scatter_dex']:.4f} dex; "
           f"coverage 68% {metrics['coverage_68']:.3f}, 95% {metrics['coverage_95']:.3f}; M-sigma scatter "
           f"{metrics['msigma_scatter_dex']:.3f} dex")
-    thinned = metrics.get("dynamics_thinned")
-    if thinned:
-        print(f"dynamics model, members thinned to {thinned['completeness']:.0%}: bias "
-              f"{thinned['corrected_mode']['bias']:+.4f} dex, scatter {thinned['corrected_mode']['scatter']:.4f} "
-              f"dex; coverage 68% {thinned['coverage_68']:.3f}, 95% {thinned['coverage_95']:.3f}")
+    for key, what in (("dynamics_thinned", "dynamics model"), ("dynamics_thinned_set", "dynamics set model")):
+        thinned = metrics.get(key)
+        if thinned:
+            print(f"{what}, members thinned to {thinned['completeness']:.0%}: bias "
+                  f"{_dex(thinned['corrected_mode']['bias'], '+.4f')} dex, scatter "
+                  f"{_dex(thinned['corrected_mode']['scatter'], '.4f')} dex; coverage 68% "
+                  f"{_dex(thinned['coverage_68'], '.3f')}, 95% {_dex(thinned['coverage_95'], '.3f')}")
+    completeness = metrics.get("dynamics_completeness")
+    for kind, levels in (completeness or {}).get("models", {}).items():
+        biases = ", ".join(f"{float(c):.0%} {_dex(v['bias'], '+.3f')}" for c, v in levels.items())
+        print(f"dynamics {kind}, the same {completeness['n']} clusters by completeness: bias {biases} dex")
     for name, check in metrics["acceptance"].items():
         if "pass" in check:
             print(f"  {'PASS' if check['pass'] else 'FAIL'}  {name}")
     return 0
+
+
+def _dex(value: float | None, spec: str) -> str:
+    """``value`` formatted by ``spec``, or ``n/a`` where metrics.json holds none (too few rows)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def _centring_scored(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:

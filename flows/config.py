@@ -294,8 +294,8 @@ def _check_reuse(train: TrainSection, observe: ObserveSection, base: Path, where
     path = resolve_path(train.reuse, base)
     kinds = _model_kinds(path)
     if not kinds:
-        raise ConfigError(f"{path} holds no trained model (expected flow/, mdn/ or mse/ with model.json, as written "
-                          "by clustermass run or train)", key="reuse", where=where)
+        raise ConfigError(f"{path} holds no trained model (expected flow/, mdn/, mse/ or set/ with model.json, as "
+                          "written by clustermass run or train)", key="reuse", where=where)
     for name in ("split.json", "msigma.json"):
         if not (path / name).is_file():
             raise ConfigError(f"{path} lacks {name} (expected a run's model/ directory)", key="reuse", where=where)
@@ -314,7 +314,7 @@ def _check_reuse(train: TrainSection, observe: ObserveSection, base: Path, where
 
 def _model_kinds(path: Path) -> list[str]:
     """The model kinds (of the full feature set) a model directory holds."""
-    return [k for k in ("flow", "mdn", "mse") if (path / k / "model.json").is_file()]
+    return [k for k in ("flow", "mdn", "mse", "set") if (path / k / "model.json").is_file()]
 
 
 def _model_description(directory: Path, where: str) -> dict[str, Any]:

@@ -231,9 +231,10 @@ def write_catalogs(run_dir: str, observations_digest: str, model_dir: str, model
     """Posterior mass catalogs ``catalog.h5`` and ``catalog.fits`` of the ``rows`` observations (streamed)."""
     from catalogs.stage import catalog_stage
 
-    table = _catalog_rows(run_dir, model_dir, rows)
+    table, members = _catalog_rows(run_dir, model_dir, rows, with_members=True) if main == "set" else (
+        _catalog_rows(run_dir, model_dir, rows), None)  # the set model reads the members
     paths = catalog_stage(table, at(run_dir, model_dir), run_dir, prior=prior, snapshot=_snapshot(snapshot), main=main,
-                          rows=ROWS_DESCRIPTION[rows], config_digest=config_digest)
+                          rows=ROWS_DESCRIPTION[rows], config_digest=config_digest, members=members)
     get_run_logger().info("catalogs of %d observations: %s", len(table), ", ".join(map(str, paths)))
     stamps = stamp(paths, run_dir)
     return StageResult(stamps, digest_json(stamps),

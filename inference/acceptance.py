@@ -9,7 +9,11 @@ For the main model's corrected posterior mode on held-out hosts, over 1e14-1e15 
 
 - the dynamics-only model, on held-out observations whose members are randomly thinned to 40% (when validated):
   68% and 95% coverage within ``COVERAGE_TOLERANCE`` and |bias| <= max(``DYNAMICS_BIAS_LIMIT``, 2 standard errors)
-  in every well-populated bin.
+  in every well-populated bin; the dynamics set model the same (``dynamics_thinned_set``, when it is not the main
+  model);
+- the completeness test (``dynamics_completeness``, issue 19.2): the same held-out clusters at 20, 40, 70 and 100%
+  completeness give corrected-mode biases within ``COMPLETENESS_BIAS_SPREAD`` of each other (max - min), for the
+  main model's dynamics counterpart and, when it is not the main model, the dynamics set model.
 
 The biases of the MSE regression and of the uncorrected posterior mean in the lowest and highest well-populated
 bins are reported (the regression-to-the-mean the interim-prior correction removes); they carry no verdict.
@@ -29,6 +33,9 @@ MSIGMA_SCATTER_FRACTION = 0.5
 COVERAGE_TOLERANCE = 0.03
 #: per-bin bias limit of the dynamics-only model on thinned members, dex
 DYNAMICS_BIAS_LIMIT = 0.03
+#: largest spread (max - min) of a dynamics model's corrected-mode bias over the completenesses of the
+#: completeness test, dex (issue 19.2)
+COMPLETENESS_BIAS_SPREAD = 0.03
 
 
 def acceptance(metrics: dict[str, Any], main_kind: str) -> dict[str, Any]:
@@ -64,15 +71,35 @@ def acceptance(metrics: dict[str, Any], main_kind: str) -> dict[str, Any]:
             "uncorrected_mean_highest_bin_bias": ends(full_unc)[-1]["bias"] if ends(full_unc) else None,
         },
     }
-    thinned = metrics.get("dynamics_thinned")
-    if thinned:
-        rows = [b for b in thinned["corrected_mode"]["by_bin"] if b["n"] >= MIN_BIN_COUNT]
-        off = [b for b in rows if abs(b["bias"]) > max(DYNAMICS_BIAS_LIMIT, 2 * b["bias_se"])]
-        ok = not off and _near(thinned["coverage_68"], 0.68) and _near(thinned["coverage_95"], 0.95)
-        verdicts["dynamics_model_on_members_thinned_to_40pc"] = {
-            "pass": bool(ok), "coverage_68": thinned["coverage_68"], "coverage_95": thinned["coverage_95"],
-            "bins_checked": len(rows), "failing_bins": [(b["lo"], round(b["bias"], 4)) for b in off]}
+    if metrics.get("dynamics_thinned"):
+        verdicts["dynamics_model_on_members_thinned_to_40pc"] = _thinned_verdict(metrics["dynamics_thinned"])
+    if metrics.get("dynamics_thinned_set"):
+        verdicts["dynamics_set_model_on_members_thinned_to_40pc"] = _thinned_verdict(metrics["dynamics_thinned_set"])
+    completeness = metrics.get("dynamics_completeness")
+    if completeness:
+        spreads = completeness["bias_spread"]
+        if main_kind in spreads:
+            verdicts["dynamics_bias_independent_of_completeness"] = _completeness_verdict(completeness, main_kind)
+        if main_kind != "set" and "set" in spreads:
+            verdicts["dynamics_set_bias_independent_of_completeness"] = _completeness_verdict(completeness, "set")
     return verdicts
+
+
+def _thinned_verdict(thinned: dict[str, Any]) -> dict[str, Any]:
+    """A dynamics model on members thinned to 40%: coverage, and the bias of every well-populated bin."""
+    rows = [b for b in thinned["corrected_mode"]["by_bin"] if b["n"] >= MIN_BIN_COUNT]
+    off = [b for b in rows if abs(b["bias"]) > max(DYNAMICS_BIAS_LIMIT, 2 * b["bias_se"])]
+    ok = not off and _near(thinned["coverage_68"], 0.68) and _near(thinned["coverage_95"], 0.95)
+    return {"pass": bool(ok), "coverage_68": thinned["coverage_68"], "coverage_95": thinned["coverage_95"],
+            "bins_checked": len(rows), "failing_bins": [(b["lo"], round(b["bias"], 4)) for b in off]}
+
+
+def _completeness_verdict(completeness: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The dynamics model ``kind``'s bias spread over the completeness test's levels (None: a level had no bias)."""
+    spread = completeness["bias_spread"][kind]
+    return {"pass": spread is not None and spread <= COMPLETENESS_BIAS_SPREAD, "model": kind, "spread": spread,
+            "limit": COMPLETENESS_BIAS_SPREAD,
+            "bias_by_completeness": {c: v["bias"] for c, v in completeness["models"][kind].items()}}
 
 
 def _near(value: float | None, nominal: float) -> bool:

@@ -2,7 +2,7 @@
 
 Methods compared (log10 M200c estimates, dex of Msun/h): the M-sigma power law, the MSE regression, the uncorrected
 posterior mean (what NLL training alone gives) and the corrected mode and median of every density model (MDN,
-flow). The main model (default: the flow when trained) provides the headline numbers and the calibration.
+flow, set model). The main model (default: the flow when trained) provides the headline numbers and the calibration.
 Accuracy is bias and scatter of log10(M_est / M_true) over ``MASS_RANGE`` (1e14-1e15 h^-1 Msun) and in
 ``BIN_WIDTH`` bins of true mass. Calibration: coverage of central credible intervals and the PIT histogram — for
 the corrected posterior on the held-out set importance-weighted to the target prior, for the uncorrected one on the
@@ -95,7 +95,7 @@ def methods_accuracy(true: np.ndarray, *, msigma: np.ndarray, mse: np.ndarray | 
         estimates["MSE regression"] = mse
     for kind, post in density.items():
         vals = post.values
-        label = "MDN" if kind == "mdn" else "flow"
+        label = {"mdn": "MDN", "set": "set model"}.get(kind, "flow")
         methods[f"{kind}_uncorrected_mean"] = accuracy(vals["uncorrected_mean"], true) | {
             "full_range_by_bin": calibration.binned(vals["uncorrected_mean"], true, edges)}
         methods[f"{kind}_corrected_mode"] = accuracy(vals["mode"], true)

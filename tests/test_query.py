@@ -283,7 +283,10 @@ def test_validate_command(trained, tmp_path, capsys):
     assert metrics["main_model"] == "flow" and metrics["n_test"] > 0
     assert "coverage 68%" in out
     verdicts = {name: check["pass"] for name, check in metrics["acceptance"].items() if "pass" in check}
-    assert len(verdicts) == 6 and "dynamics_model_on_members_thinned_to_40pc" in verdicts
+    assert len(verdicts) == 7 and "dynamics_model_on_members_thinned_to_40pc" in verdicts
+    assert "dynamics_bias_independent_of_completeness" in verdicts  # the dynamics flow's completeness test
+    assert set(metrics["dynamics_completeness"]["models"]) == {"flow"}
+    assert "dynamics flow, the same" in out
     assert metrics["n_invalid_posteriors"] == 0 and verdicts["every_held_out_row_has_a_posterior"]
     for name, ok in verdicts.items():  # each criterion printed with the verdict metrics.json holds
         assert f"{'PASS' if ok else 'FAIL'}  {name}" in out.splitlines()[-len(verdicts):][list(verdicts).index(name)]

@@ -98,3 +98,160 @@ def test_the_train_command_reads_members_for_the_set_model(run, tmp_path, monkey
     assert main(["train", "--observations", str(d / "obs"), "--out", str(tmp_path / "m"), "--kind", "set",
                  "--config", str(config), "--quiet"]) == 0
     assert seen["members"] is not None and seen["members"].n_obs == len(load_observation_table(d / "obs")[0])
+
+
+@pytest.fixture(scope="module")
+def validated(run, tmp_path_factory):
+    """``validate_stage`` of the run on its held-out rows and their members (the flow main)."""
+    from inference.validate import validate_stage
+
+    d, _ = run
+    table, _ = load_observation_table(d / "obs")
+    held = held_out_mask(table, d / "model")
+    members = read_members(d / "obs").take(held)
+    out = tmp_path_factory.mktemp("validation")
+    metrics = validate_stage(table[held].reset_index(drop=True), d / "model", out, members=members)
+    return metrics, table[held].reset_index(drop=True), members
+
+
+def test_validate_scores_the_set_models_beside_the_flows(validated):
+    metrics, _, _ = validated
+    assert metrics["main_model"] == "flow"
+    methods = metrics["methods"]
+    for name in ("set_corrected_mode", "set_corrected_median", "set_uncorrected_mean", "flow_corrected_mode"):
+        assert methods[name]["n"] == methods["flow_corrected_mode"]["n"] > 0, name
+    assert "not_scored" not in metrics
+    flow, dyn_set = metrics["dynamics_thinned"], metrics["dynamics_thinned_set"]
+    assert flow["completeness"] == dyn_set["completeness"] == 0.4
+    assert flow["n"] == dyn_set["n"] > 0  # the same thinned lists for both models
+    verdicts = metrics["acceptance"]
+    for name in ("dynamics_model_on_members_thinned_to_40pc", "dynamics_set_model_on_members_thinned_to_40pc",
+                 "dynamics_bias_independent_of_completeness", "dynamics_set_bias_independent_of_completeness"):
+        assert "pass" in verdicts[name], name
+    assert verdicts["dynamics_set_bias_independent_of_completeness"]["model"] == "set"
+
+
+def test_the_completeness_test_scores_the_same_clusters_at_every_completeness(validated, run):
+    """20, 40, 70 and 100%: the same clusters for both dynamics models at every level (the 20% lists decide which);
+    at 100% the lists are complete: the flow's bias is then its bias on the rows' own features."""
+    from inference.metrics import accuracy
+    from inference.validate import density_posteriors, evaluate_completeness
+
+    metrics, test, members = validated
+    block = metrics["dynamics_completeness"]
+    assert block["levels"] == [0.2, 0.4, 0.7, 1.0] and set(block["models"]) == {"flow", "set"}
+    counts = {(kind, c): v["n"] for kind, levels in block["models"].items() for c, v in levels.items()}
+    assert sorted({c for _, c in counts}) == ["0.2", "0.4", "0.7", "1"] and len(set(counts.values())) == 1
+    judged = int((test.log10_m200c_true >= 13.9).sum())  # hosts from 0.1 dex below the judged range up
+    assert block["n"] > 0 and block["n"] + block["n_dropped_too_few"] == judged
+    for kind in ("flow", "set"):
+        biases = [v["bias"] for v in block["models"][kind].values()]
+        assert block["bias_spread"][kind] == pytest.approx(max(biases) - min(biases))
+    d, _ = run
+    flow = load_model(d / "model" / "dynamics" / "flow")
+    complete = evaluate_completeness(test, members, {"flow": flow}, min_members=block["min_members"],
+                                     r_aperture=1.6, levels=(1.0,))["models"]["flow"]["1"]
+    judged_rows = test[test.log10_m200c_true >= 13.9]
+    names = list(flow.feature_names)
+    ok = (np.isfinite(judged_rows[names].to_numpy()).all(axis=1)
+          & (judged_rows.n_members >= block["min_members"]).to_numpy())
+    post = density_posteriors(flow, judged_rows[names].to_numpy()[ok], "flat", None)
+    direct = accuracy(post.values["mode"], judged_rows.log10_m200c_true.to_numpy()[ok])
+    assert complete["n"] == direct["n"] > 0
+    assert complete["bias"] == pytest.approx(direct["bias"], abs=1e-5)
+
+
+def test_the_completeness_lists_are_nested_and_complete_at_100pc(validated):
+    from inference.validate import completeness_lists
+
+    _, _, members = validated
+    lists = completeness_lists(members, (0.2, 0.4, 0.7, 1.0), seed=3)
+    assert lists[1.0].offsets.tolist() == members.offsets.tolist()
+    np.testing.assert_array_equal(lists[1.0].galaxy_id, members.galaxy_id)
+    total = members.offsets[-1]
+    for low, high in ((0.2, 0.4), (0.4, 0.7), (0.7, 1.0)):
+        assert set(lists[low].galaxy_id.tolist()) <= set(lists[high].galaxy_id.tolist())  # nested
+        assert abs(lists[low].offsets[-1] / total - low) < 0.03  # about that fraction of the members
+    # every list keeps its members with their observation (per-observation counts never grow)
+    assert (lists[0.2].counts <= lists[0.4].counts).all() and (lists[0.7].counts <= members.counts).all()
+    assert completeness_lists(members, (0.4,), seed=3)[0.4].offsets.tolist() == lists[0.4].offsets.tolist()
+
+
+def test_validate_can_take_the_set_model_as_main_and_skips_it_without_members(run, tmp_path):
+    from inference.validate import evaluate, validate_stage
+
+    d, _ = run
+    table, _ = load_observation_table(d / "obs")
+    held = held_out_mask(table, d / "model")
+    test = table[held].reset_index(drop=True)
+    members = read_members(d / "obs").take(held)
+    models = load_models(d / "model")
+    msigma = load_msigma(d / "model" / "msigma.json")
+    main_set = evaluate(test, models, msigma, main="set", members=members).metrics
+    assert main_set["main_model"] == "set" and main_set["estimator"] == "set corrected posterior mode"
+    assert main_set["scatter_dex"] == main_set["methods"]["set_corrected_mode"]["scatter"]
+    without = evaluate(test, models, msigma).metrics
+    assert without["not_scored"] == {"set": "no members of the scored rows (members.h5)"}
+    assert "set_corrected_mode" not in without["methods"] and without["main_model"] == "flow"
+    with pytest.raises(Exception, match="main model 'set' is not among the density models"):
+        validate_stage(test, d / "model", tmp_path / "v", main="set")
+
+
+def test_the_catalog_is_filled_by_the_set_model_from_the_members(run, tmp_path):
+    from catalogs.io import read_catalog
+    from catalogs.stage import catalog_stage
+    from inference.posterior import SUMMARY_COLUMNS
+    from pipeline.errors import InputError
+    from pipeline.snapshot import Snapshot
+
+    d, _ = run
+    table, meta = load_observation_table(d / "obs")
+    held = held_out_mask(table, d / "model")
+    test = table[held].reset_index(drop=True)
+    members = read_members(d / "obs").take(held)
+    snapshot = Snapshot.from_dict(meta["snapshot"])
+    paths = catalog_stage(test, d / "model", tmp_path / "set", prior="flat", snapshot=snapshot, main="set",
+                          members=members, chunk=40)  # several blocks of sets
+    catalog = read_catalog(paths[0])
+    assert catalog.meta["provenance"]["model"] == "set" and catalog.meta["provenance"]["model_kind"] == "set"
+    assert len(catalog) == len(test)
+    model = load_model(d / "model" / "set")
+    setup = prepare(model, "flat", snapshot=snapshot)
+    # the catalog's blocks of 40 sets, each evaluated on its own (a set above the cap keeps a random subsample drawn
+    # per block of sets, set_log_prob_grid: so the blocks are those of the catalog)
+    for start in range(0, len(test), 40):
+        pdf, values = setup.evaluate(set_data(model, members.take(np.arange(start, min(start + 40, len(test))))))
+        np.testing.assert_allclose(np.asarray(catalog["log10_m200c_pdf"])[start:start + 40], pdf, rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(catalog[SUMMARY_COLUMNS["median"]])[start:start + 40],
+                                   values["median"], atol=1e-5)
+    assert np.isfinite(np.asarray(catalog["ood_score"])).all()  # the diagnostics score the summary features
+    flow = read_catalog(catalog_stage(test, d / "model", tmp_path / "flow", prior="flat", snapshot=snapshot)[0])
+    assert flow.meta["provenance"]["model_kind"] == "flow"
+    np.testing.assert_array_equal(np.asarray(flow["ood_score"]), np.asarray(catalog["ood_score"]))
+    with pytest.raises(InputError, match=r"set: the set model reads every observation's members: expected the "
+                                         rf"members of the {len(test)} rows \(members\.h5\), got none$"):
+        catalog_stage(test, d / "model", tmp_path / "none", prior="flat", snapshot=snapshot, main="set")
+
+
+def test_completeness_acceptance_judges_the_bias_spread():
+    from inference.acceptance import COMPLETENESS_BIAS_SPREAD, acceptance
+
+    def metrics(spreads: dict[str, float | None]) -> dict:
+        by_bin = [{"lo": 14.0, "n": 100, "bias": 0.0, "bias_se": 0.01}]
+        doc = {"methods": {"flow_corrected_mode": {"by_bin": by_bin, "scatter": 0.1},
+                           "msigma": {"scatter": 0.3}, "flow_uncorrected_mean": {"full_range_by_bin": []},
+                           "mse_regression": {"full_range_by_bin": []}},
+               "coverage_68": 0.68, "coverage_95": 0.95, "n_invalid_posteriors": 0,
+               "dynamics_completeness": {"bias_spread": spreads, "models": {
+                   k: {"0.2": {"bias": 0.0}, "1": {"bias": v}} for k, v in spreads.items()}}}
+        return acceptance(doc, "flow")
+
+    ok = metrics({"flow": COMPLETENESS_BIAS_SPREAD - 0.001, "set": 0.05})
+    assert ok["dynamics_bias_independent_of_completeness"]["pass"]
+    assert not ok["dynamics_set_bias_independent_of_completeness"]["pass"]
+    assert ok["dynamics_set_bias_independent_of_completeness"]["bias_by_completeness"] == {"0.2": 0.0, "1": 0.05}
+    bad = metrics({"flow": COMPLETENESS_BIAS_SPREAD + 0.001})
+    assert not bad["dynamics_bias_independent_of_completeness"]["pass"]
+    assert "dynamics_set_bias_independent_of_completeness" not in bad
+    assert not metrics({"flow": None})["dynamics_bias_independent_of_completeness"]["pass"]
