@@ -104,7 +104,8 @@ def mass_catalog(config: str | None = None, out: str | None = None, quiet: bool 
 
     ``out`` defaults to the configuration's ``[output] dir``. ``recompute``: run every stage (and hash every input
     again) whatever the cache holds, refreshing the cache. Returns the run summary also written to
-    ``<out>/run.json``: each stage's final state (``Cached``/``Completed``) and seconds, the outputs, the metrics.
+    ``<out>/run.json``: each stage's final state (``Cached``/``Completed``) and seconds, the outputs, the metrics,
+    and the models ``[train] models`` resolved to (``train_models``: the default depends on JAX's backend).
     """
     cfg = load_config(config)
     run_dir = Path(out or cfg.output.dir).expanduser().resolve()
@@ -174,6 +175,7 @@ def _pipeline(cfg: RunConfig, run_dir: Path, st: StageRunner, quiet: bool) -> di
     summary = {
         "flow_run_id": str(flow_run.id),
         "config": cfg.source,
+        "train_models": list(cfg.train.models),  # as resolved: the default adds "set" on a GPU backend
         "run_dir": str(run_dir),
         "stages": st.record,
         "total_seconds": round(time.perf_counter() - t_start, 2),

@@ -94,6 +94,7 @@ def test_first_run_completes_every_stage_and_writes_the_spec_outputs(first_run):
     ingest = json.loads((out / "ingest" / "summary.json").read_text())
     assert ingest["halos"]["rows"] > ingest["halos"]["distinct"] > 0 and ingest["snapshot"]["box_size"] == 110.0
     assert json.loads((out / "run.json").read_text())["stages"] == summary["stages"]
+    assert summary["train_models"] == ["flow", "mse"]  # the configuration as resolved (CPU: no set model)
     assert not list(out.rglob("*.partial")) and not list(out.rglob("bucket-*.bin"))
 
 
