@@ -18,6 +18,7 @@ from features.sets import FEATURE_SETS
 from models.set_batches import DEFAULT_CAP
 from models.spec import EPISTEMIC, MODEL_KINDS, ModelSpec, TrainSpec
 from pipeline.config import check_choice, check_number, default
+from pipeline.determinism import backend_started, configure_determinism
 from pipeline.errors import ConfigError
 
 #: the models a default run trains on CPU (the M-sigma power law is always fitted too); the MDN is available
@@ -42,8 +43,10 @@ SET_BATCH_SIZE = 512
 def gpu_backend() -> bool:
     """Whether JAX's default backend is a GPU. Answered without importing jax where it cannot be one: when
     ``JAX_PLATFORMS`` names no GPU platform, or when no GPU build of JAX is installed (a ``jax-cuda*`` or
-    ``jax-rocm*`` plugin, or a CUDA jaxlib); otherwise jax is asked (after
-    :func:`pipeline.determinism.configure_determinism`, as every process that computes calls it first)."""
+    ``jax-rocm*`` plugin, or a CUDA jaxlib); otherwise jax is asked, which starts its backends: the CPU pool is
+    fixed first (:func:`pipeline.determinism.configure_determinism`, as every process that computes does before
+    its first computation), since a configuration may be read before (the CLI reads the section's defaults when
+    it is imported)."""
     platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
     if platforms and not any(p in platforms for p in ("cuda", "gpu", "rocm")):
         return False
@@ -54,6 +57,8 @@ def gpu_backend() -> bool:
         cuda_jaxlib = False
     if not cuda_jaxlib and not any(n.startswith(("jax-cuda", "jax-rocm")) for n in names):
         return False
+    if not backend_started():
+        configure_determinism()
     import jax
 
     return jax.default_backend() == "gpu"

@@ -99,6 +99,9 @@ def test_gpu_backend_asks_jax_only_where_a_gpu_is_possible(monkeypatch):
 
     asked = []
     monkeypatch.setattr(jax, "default_backend", lambda: asked.append(1) or "gpu")
+    # asking jax starts its backends: the CPU pool must be fixed first (the CLI reads the defaults on import)
+    monkeypatch.setattr(models.config, "backend_started", lambda: False)
+    monkeypatch.setattr(models.config, "configure_determinism", lambda: asked.append("pool fixed"))
     monkeypatch.setattr(models.config, "version", lambda name: "0.10.2")
     monkeypatch.setattr(models.config, "distributions", lambda: [_Dist("jax"), _Dist("jaxlib")])
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
@@ -107,7 +110,7 @@ def test_gpu_backend_asks_jax_only_where_a_gpu_is_possible(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert not gpu_backend() and not asked  # the platforms exclude a GPU
     monkeypatch.delenv("JAX_PLATFORMS")
-    assert gpu_backend() and asked == [1]  # a CUDA plugin and no restriction: jax says
+    assert gpu_backend() and asked == ["pool fixed", 1]  # a CUDA plugin and no restriction: jax says
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     assert not gpu_backend()  # installed, but no GPU found
     monkeypatch.setattr(models.config, "distributions", lambda: [_Dist("jax")])
