@@ -216,15 +216,12 @@ def test_the_catalog_is_filled_by_the_set_model_from_the_members(run, tmp_path):
     assert catalog.meta["provenance"]["model"] == "set" and catalog.meta["provenance"]["model_kind"] == "set"
     assert len(catalog) == len(test)
     model = load_model(d / "model" / "set")
-    setup = prepare(model, "flat", snapshot=snapshot)
-    # the catalog's blocks of 40 sets, each evaluated on its own (a set above the cap keeps a random subsample drawn
-    # per block of sets, set_log_prob_grid: so the blocks are those of the catalog)
-    for start in range(0, len(test), 40):
-        pdf, values = setup.evaluate(set_data(model, members.take(np.arange(start, min(start + 40, len(test))))))
-        np.testing.assert_allclose(np.asarray(catalog["log10_m200c_pdf"])[start:start + 40], pdf, rtol=1e-5,
-                                   atol=1e-6)
-        np.testing.assert_allclose(np.asarray(catalog[SUMMARY_COLUMNS["median"]])[start:start + 40],
-                                   values["median"], atol=1e-5)
+    pdf, values = prepare(model, "flat", snapshot=snapshot).evaluate(set_data(model, members))
+    # the same posteriors as all sets at once (up to float32 rounding: blocks of 40 sets compile other batch shapes;
+    # a set above the cap keeps a subsample seeded by its own members, whatever block it is in)
+    assert (members.counts > model.set_spec.cap).any()
+    np.testing.assert_allclose(np.asarray(catalog["log10_m200c_pdf"]), pdf, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(catalog[SUMMARY_COLUMNS["median"]]), values["median"], atol=1e-4)
     assert np.isfinite(np.asarray(catalog["ood_score"])).all()  # the diagnostics score the summary features
     flow = read_catalog(catalog_stage(test, d / "model", tmp_path / "flow", prior="flat", snapshot=snapshot)[0])
     assert flow.meta["provenance"]["model_kind"] == "flow"
