@@ -16,7 +16,9 @@ Small observations (the pipeline drops those with fewer than ~10 members, but no
 - ``sigma_v_biweight`` follows astropy: 0 when the median absolute deviation is 0 (n = 1, or more than half of
   the velocities equal), and then the ``abs_v_over_sigma_*`` ratios are NaN;
 - ``v_kurtosis`` follows scipy: NaN when the variance is 0 (n = 1, all velocities equal); n = 2 gives -2;
-- ``sigma_v_biweight_inner`` is NaN when no member lies inside r_aperture / 2.
+- ``sigma_v_biweight_inner`` falls back to ``sigma_v_biweight`` (all members) when no member lies inside
+  r_aperture / 2: a centre displaced from the cluster (real lists' centres, ``features.centring``) can leave
+  the inner half empty, and a NaN there left such a cluster without a mass (issue 19).
 
 Every feature depends only on the multiset of members of an observation: members are sorted within each
 observation first and all sums run over the sorted values, so the output is bit-for-bit invariant under any
@@ -126,8 +128,8 @@ FEATURES: tuple[FeatureDef, ...] = (
     FeatureDef(
         "sigma_v_biweight_inner",
         "km/s",
-        "sigma_v_biweight (same definition) of the members with r_proj < r_aperture / 2; NaN when there are none, "
-        "0 when there is one.",
+        "sigma_v_biweight (same definition) of the members with r_proj < r_aperture / 2; 0 when there is one; "
+        "sigma_v_biweight of all members when there are none (a centre displaced from the cluster).",
     ),
     FeatureDef(
         "frac_inner",
@@ -347,7 +349,9 @@ def compute_features(
     # joint phase space: the inner half of the aperture
     inner = r < INNER_FRACTION * r_ap
     off_in = subset_offsets(inner, seg, n_obs)
-    out["sigma_v_biweight_inner"] = biweight_scale_ragged(segment_sort(v[inner], off_in), off_in)
+    # no inner member (the given centre is off the cluster): the whole list's dispersion, not NaN (issue 19)
+    sigma_inner = biweight_scale_ragged(segment_sort(v[inner], off_in), off_in)
+    out["sigma_v_biweight_inner"] = np.where(np.diff(off_in) > 0, sigma_inner, sigma_bw)
     out["frac_inner"] = _ratio(np.diff(off_in).astype(np.float64), nf, nonempty)
 
     return {name: out[name] for name in FEATURE_NAMES}

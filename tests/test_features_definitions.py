@@ -89,7 +89,7 @@ def reference_features(x_r: np.ndarray, x_v: np.ndarray, x_m: np.ndarray, r_ap: 
         "log10_mstar_max": np.max(x_m),
         "log10_mstar_median": np.median(x_m),
         "log10_mstar_std": np.std(x_m, ddof=1) if n >= 2 else nan,
-        "sigma_v_biweight_inner": float(biweight_scale(inner_v, c=9.0)) if len(inner_v) else nan,
+        "sigma_v_biweight_inner": float(biweight_scale(inner_v, c=9.0)) if len(inner_v) else sbw,
         "frac_inner": len(inner_v) / n,
     }
 
@@ -215,6 +215,28 @@ def test_empty_inputs():
     assert f["n_members"].tolist() == [0.0, 3.0, 0.0]
     np.testing.assert_allclose(f["log10_mstar_total"][1], np.log10(10**10 + 10**11 + 10**10.5))
     assert f["frac_inner"][1] == pytest.approx(2 / 3)
+
+
+def test_a_centre_off_the_cluster_leaves_every_feature_defined():
+    """Issue 19: a list centred off its cluster (a real catalogue's centre; ``features.centring``'s mocks) can
+    have no member inside r_aperture / 2, as two held-out rows of a run with centring errors had (52 and 23
+    members, the nearest 0.83 and 0.86 Mpc/h from the centre): the inner dispersion is then all members', not
+    NaN, which no network can read; an empty observation stays NaN throughout."""
+    rng = np.random.default_rng(5)
+    sizes = np.array([52, 0, 23, 30])
+    offsets = np.concatenate(([0], np.cumsum(sizes)))
+    r = rng.uniform(0.83, R_AP, offsets[-1])
+    r[offsets[3] : offsets[3] + 3] = [0.1, 0.3, 0.79]  # a centred one: three inner members
+    v = rng.normal(0.0, 600.0, offsets[-1])
+    f = compute_quietly(offsets, r, v, rng.uniform(9.5, 11.5, offsets[-1]), r_aperture=R_AP)
+    off = [0, 2]
+    assert np.all(f["frac_inner"][off] == 0)
+    for name in FEATURE_NAMES:
+        assert np.all(np.isfinite(f[name][[0, 2, 3]])), name
+        assert np.isnan(f[name][1]) or name == "n_members", name
+    np.testing.assert_array_equal(f["sigma_v_biweight_inner"][off], f["sigma_v_biweight"][off])
+    inner3 = v[offsets[3] : offsets[3] + 3]
+    assert f["sigma_v_biweight_inner"][3] == pytest.approx(float(biweight_scale(inner3, c=9.0)), rel=1e-12)
 
 
 def test_accepts_float32_and_int32(observations, computed):

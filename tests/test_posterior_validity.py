@@ -196,3 +196,44 @@ def test_validation_counts_held_out_rows_without_a_posterior(models, monkeypatch
     metrics = evaluate(table, loaded, msigma, prior="flat", snapshot=SNAPSHOT).metrics
     assert metrics["n_invalid_posteriors"] == 1
     assert metrics["acceptance"]["every_held_out_row_has_a_posterior"] == {"pass": False, "n_invalid": 1}
+
+
+def _off_centre(r: np.ndarray) -> np.ndarray:
+    """Projected radii [Mpc/h] of members seen from a centre off their cluster: all in [0.52, 1) r_aperture, none in
+    the inner half (issue 19: real lists' centres, and the mocks' since `features.centring`)."""
+    return R_APERTURE * (0.52 + 0.48 * r / R_APERTURE)
+
+
+def test_a_held_out_row_centred_off_its_cluster_has_a_posterior(models):
+    """Issue 19: two held-out rows of a run with centring errors had no member inside r_aperture / 2; their inner
+    dispersion was NaN, so was the flow's density (INVALID_OUTPUT) and `validate` failed
+    every_held_out_row_has_a_posterior. The feature is now defined (all members' dispersion) and so is the row."""
+    from inference.validate import evaluate
+    from models.msigma import FEATURE, fit_msigma
+    from models.stage import load_models
+
+    offsets, r, v, m, mass = toy_clusters(12, seed=11)
+    r[offsets[4] : offsets[5]] = _off_centre(r[offsets[4] : offsets[5]])
+    table = pd.DataFrame(compute_features(offsets, r, v, m, r_aperture=R_APERTURE))
+    table["cluster_id"], table["los"], table["log10_m200c_true"] = np.arange(12), 0, mass
+    assert table.loc[4, "frac_inner"] == 0
+    msigma = fit_msigma(table[FEATURE].to_numpy(), mass)
+    validation = evaluate(table, {"flow": load_models(models)["flow"]}, msigma, prior="flat", snapshot=SNAPSHOT)
+    assert validation.metrics["n_invalid_posteriors"] == 0
+    assert validation.metrics["acceptance"]["every_held_out_row_has_a_posterior"]["pass"]
+    assert np.all(np.isfinite(validation.main.pdf[4])) and np.isfinite(validation.main.values["mode"][4])
+
+
+def test_query_answers_for_members_centred_off_their_cluster(models, tmp_path, capsys):
+    """The same through `query`: a user's centre that leaves the inner half of the aperture empty gets a mass,
+    not 'features ... are undefined'."""
+    _, r, v, m, _ = toy_clusters(1, seed=3)
+    path = tmp_path / "off.csv"
+    np.savetxt(path, np.column_stack([_off_centre(r), v, m]), delimiter=",", header="r_proj,v_los,log10_mstar",
+               comments="")
+    code = main(["query", "--model", str(models), "--members", str(path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["n_members"] == len(r) and not answer["flags"] & INVALID
+    assert np.isfinite(answer["log10_m200c_median"])
