@@ -65,15 +65,20 @@ def build_model(directory: Path, feature_set: str = "full", kind: str = "flow") 
     model = TrainedModel(spec, TrainSpec(ensemble=1), tuple(names), Standardizer.fit(x), Standardizer.fit(mass),
                          (init_params(spec, len(names), jax.random.PRNGKey(0)),), TrainingPrior.estimate(mass),
                          "0" * 64, {"train_rows": len(mass), "val_rows": 0})
-    counts = np.diff(offsets)
+    return save_model(directory, model, extra=stage_extra(feature_set, x, np.diff(offsets)))
+
+
+def stage_extra(feature_set: str, x: np.ndarray, counts: np.ndarray) -> dict:
+    """The training stage's record of a toy model (:func:`models.stage.train_stage`'s ``extra``): the toy cylinder
+    and snapshot, the feature set, its selection, the training clusters' member counts ``counts`` and the
+    typicality of its summary features ``x`` (N, F)."""
     cylinder = {"r_aperture": R_APERTURE, "v_cut": 2500.0, "min_members": 5, "log10_mstar_min": 9.5,
                 "host_log10_m200c_min": 13.5, "r_limit": None}
-    extra = {"test_hosts_seed": 7919, "observations": {"config": {"cylinder": cylinder},
-                                                       "snapshot": SNAPSHOT.to_dict()},
-             "feature_set": feature_set, "inputs": INPUTS[feature_set],
-             "selection": {"log10_mstar_min": 9.5, "completeness": 1.0, "min_members": 5},
-             "training_members": [int(counts.min()), int(counts.max())], "typicality": typicality_stats(x)}
-    return save_model(directory, model, extra=extra)
+    return {"test_hosts_seed": 7919, "observations": {"config": {"cylinder": cylinder},
+                                                      "snapshot": SNAPSHOT.to_dict()},
+            "feature_set": feature_set, "inputs": INPUTS[feature_set],
+            "selection": {"log10_mstar_min": 9.5, "completeness": 1.0, "min_members": 5},
+            "training_members": [int(counts.min()), int(counts.max())], "typicality": typicality_stats(x)}
 
 
 def sky_cluster_files(d: Path, *, z: float = 0.117, ra: float = 150.0, dec: float = 2.0) -> tuple[Path, Path]:

@@ -11,12 +11,12 @@ import shutil
 
 import numpy as np
 import pytest
-from test_model_files import R_APERTURE, SNAPSHOT, build_model
+from test_model_files import R_APERTURE, SNAPSHOT, build_model, stage_extra
 
 from catalogs.io import read_catalog
 from clustermass.cli import main
 from features.definitions import compute_features
-from features.sets import FEATURE_SETS, INPUTS
+from features.sets import FEATURE_SETS
 from features.sky import C_KMS, comoving_distance
 from inference import plots
 from inference.posterior import prepare
@@ -24,7 +24,6 @@ from models.io import load_model, save_model
 from models.set_encoder import SetSpec
 from models.set_model import members_from_arrays, set_data, train_set_model
 from models.spec import ModelSpec, TrainSpec
-from models.typicality import typicality_stats
 from pipeline.cosmology import MDPL2
 
 ZC, DECC = 0.117, 2.0
@@ -55,13 +54,7 @@ def _set_model(directory, feature_set):
     feats = compute_features(offsets, r, v, m, r_aperture=R_APERTURE)
     x = np.column_stack([feats[name] for name in FEATURE_SETS[feature_set]])
     counts = np.diff(offsets)
-    cylinder = {"r_aperture": R_APERTURE, "v_cut": 2500.0, "min_members": 5, "log10_mstar_min": 9.5,
-                "host_log10_m200c_min": 13.5, "r_limit": None}
-    extra = {"test_hosts_seed": 7919, "observations": {"config": {"cylinder": cylinder},
-                                                       "snapshot": SNAPSHOT.to_dict()},
-             "feature_set": feature_set, "inputs": INPUTS[feature_set],
-             "selection": {"log10_mstar_min": 9.5, "completeness": 1.0, "min_members": 5},
-             "training_members": [int(counts.min()), int(counts.max())], "typicality": typicality_stats(x)}
+    extra = stage_extra(feature_set, x, counts)
     return save_model(directory, model, histories=histories, extra=extra)
 
 

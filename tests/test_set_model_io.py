@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from features.definitions import compute_features
-from features.sets import FEATURE_SETS, INPUTS
+from features.sets import FEATURE_SETS
 from models.io import MODEL_JSON, load_model, read_description, save_model, write_description
 from models.msigma import fit_msigma
 from models.prior import TrainingPrior
@@ -29,9 +29,8 @@ from models.set_model import (
     set_log_prob_per_dex,
 )
 from models.spec import ModelSpec, Standardizer, TrainSpec
-from models.typicality import typicality_stats
 from pipeline.errors import InputError
-from tests.test_model_files import R_APERTURE, SNAPSHOT, toy_clusters
+from tests.test_model_files import R_APERTURE, stage_extra, toy_clusters
 
 HEAD = ModelSpec(kind="flow", hidden=(8,), n_bins=4)
 GRID = np.linspace(13.4, 15.1, 24)
@@ -66,13 +65,7 @@ def make_set_model(feature_set: str = "full", target: str = "mass") -> tuple[Tra
         data_digest="0" * 64, split={"train_rows": len(mass), "val_rows": 0})
     feats = compute_features(offsets, r, v, m, r_aperture=R_APERTURE)
     x = np.column_stack([feats[name] for name in FEATURE_SETS[feature_set]])
-    cylinder = {"r_aperture": R_APERTURE, "v_cut": 2500.0, "min_members": 5, "log10_mstar_min": 9.5,
-                "host_log10_m200c_min": 13.5, "r_limit": None}
-    extra = {"test_hosts_seed": 7919, "observations": {"config": {"cylinder": cylinder},
-                                                       "snapshot": SNAPSHOT.to_dict()},
-             "feature_set": feature_set, "inputs": INPUTS[feature_set],
-             "selection": {"log10_mstar_min": 9.5, "completeness": 1.0, "min_members": 5},
-             "training_members": [int(counts.min()), int(counts.max())], "typicality": typicality_stats(x)}
+    extra = stage_extra(feature_set, x, counts)
     return model, extra
 
 
