@@ -196,6 +196,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--learning-rate", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--members-kept", default="",
+                    help="lo,hi of the dynamics set's training thinning (default: the run's dynamics flow's)")
     ap.add_argument("--true-members", action="store_true",
                     help="train and score on the true members only (no interlopers: the idealised case)")
     args = ap.parse_args()
@@ -224,6 +226,8 @@ def main() -> None:
     selection = json.loads((model_dir / "dynamics" / "flow" / "model.json").read_text())["selection"] \
         if args.set == "dynamics" else {}
     members_kept = tuple(selection.get("completeness", {}).get("members_kept_log_uniform", DEFAULT_MEMBERS_KEPT))
+    if args.members_kept:
+        members_kept = tuple(float(c) for c in args.members_kept.split(","))
     min_thinned = int(selection.get("min_members", cylinder["min_members"]))
 
     # the training pool and its early-stopping split: the feature flow's (train_model: host_split, seed 0)
