@@ -3,7 +3,7 @@
 from catalogs.base import CatalogWriter
 from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
-from catalogs.io import open_writer, read_catalog, write_catalog
+from catalogs.io import Posteriors, open_writer, read_catalog, read_posteriors, write_catalog
 from catalogs.schema import COLUMNS, GRID, CatalogError
 
 __all__ = [
@@ -13,7 +13,9 @@ __all__ = [
     "CatalogWriter",
     "FITSCatalogWriter",
     "HDF5CatalogWriter",
+    "Posteriors",
     "open_writer",
     "read_catalog",
+    "read_posteriors",
     "write_catalog",
 ]

@@ -28,6 +28,7 @@ from catalogs.schema import (
     CatalogColumn,
     CatalogError,
     check_grid,
+    check_priors,
     check_provenance,
     column,
     order_columns,
@@ -90,6 +91,10 @@ class CatalogWriter:
         ``log10_m200c_std`` and ``log10_m200c_true``. Written in schema order whatever the order given.
     provenance
         Flat ``{str: str | int | float | bool}`` (see :func:`catalogs.schema.check_provenance`).
+    priors
+        ``{"target_prior": (G,), "training_prior": (G,)}``: the priors the PDFs were made under, per dex on the
+        grid (:data:`catalogs.schema.PRIORS`; see :func:`catalogs.schema.check_priors`), or ``None`` (a file
+        without them: tests and format conversions of such files).
     fsync
         Flush the file (and the directory after the rename) to disk before returning from :meth:`close`, so a
         crash cannot leave a renamed but incomplete file. Off for scratch files and benchmarks.
@@ -107,6 +112,7 @@ class CatalogWriter:
         columns: Sequence[str],
         provenance: Mapping[str, Any] | None = None,
         *,
+        priors: Mapping[str, Any] | None = None,
         fsync: bool = True,
     ) -> None:
         self.path = Path(path)
@@ -117,6 +123,7 @@ class CatalogWriter:
         self.grid = check_grid(grid, self.path)
         self.columns: tuple[str, ...] = order_columns(columns, self.path)
         self.provenance = check_provenance(provenance, self.path)
+        self.priors = check_priors(priors, len(self.grid), self.path)
         self.fsync = fsync
         self.rows_written = 0
         if self.path.is_dir():
@@ -321,13 +328,15 @@ def build_table(
     grid_unit: str,
     provenance: dict[str, Any],
     version: str,
+    priors: Mapping[str, Any] | None = None,
 ):
     """The ``astropy.table.Table`` both readers return, so that the two formats give identical tables.
 
     Columns in schema order with the schema dtypes (native byte order) and descriptions, units parsed from the
     file's strings by :func:`catalogs.schema.parse_unit` (``None`` for unitless columns). ``meta``:
     ``provenance`` (dict), ``log10_m200c_grid`` (float64 array), ``log10_m200c_grid_unit`` (unit),
-    ``schema_version`` (str).
+    ``schema_version`` (str) and, when the file holds them, ``target_prior`` and ``training_prior`` (float64 (G,),
+    per dex on the grid; checked by :func:`catalogs.schema.check_priors`).
     """
     from astropy.table import Column, Table
 
@@ -352,6 +361,8 @@ def build_table(
         f"{GRID_NAME}_unit": parse_unit(grid_unit),
         "schema_version": version,
     }
+    if priors:
+        meta |= {name: np.array(values) for name, values in check_priors(priors, len(grid), path).items()}
     return Table(cols, meta=meta, copy=False)
 
 

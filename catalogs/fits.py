@@ -15,7 +15,10 @@ Layout (eRASS1-style, the PDF a vector column on a shared grid):
   and floats, which FITS cards may round to 16 digits), and ``CMSCHEMA``, the layout version;
 * ``GRID``: a 1-D float64 IMAGE extension of G values, ``log10_m200c_grid``, with ``BUNIT`` (blank: a log unit)
   and ``CMUNIT`` (exact). An image, not a second table, so that ``Table.read("catalog.fits")`` finds exactly one
-  table and reads it without "multiple tables" warning. Files of another layout version are refused.
+  table and reads it without "multiple tables" warning. Files of another layout version are refused;
+* ``TARGET_PRIOR`` and ``TRAINING_PRIOR`` (when given, as every pipeline catalog does): 1-D float64 IMAGE
+  extensions of G values after GRID, the priors the PDFs were made under, per dex on the GRID values
+  (:data:`catalogs.schema.PRIORS`), with ``BUNIT`` (blank), ``CMUNIT`` (``'1 / dex'``) and ``CMDESC``.
 
 Streaming: the writer emits the primary header and the CATALOG header with ``NAXIS2 = N`` (built by astropy),
 then each block as packed big-endian row records (a FITS binary table's data is exactly that), pads the data to
@@ -42,6 +45,7 @@ from catalogs.schema import (
     GRID,
     GRID_NAME,
     NAMES,
+    PRIOR_NAMES,
     REQUIRED,
     SCHEMA_VERSION,
     CatalogColumn,
@@ -100,14 +104,20 @@ def _table_header(specs: Sequence[CatalogColumn], n_grid: int, n_rows: int, extn
     return header
 
 
-def _grid_header(n_grid: int) -> fits.Header:
-    """The header of the GRID image extension: G float64 values, BUNIT (FITS-standard or blank) and CMUNIT."""
-    header = fits.ImageHDU(data=np.zeros(n_grid, dtype=">f8"), name="GRID").header
-    _with_comment(header, "EXTNAME", f"{GRID_NAME}, the grid of the CATALOG's PDFs")
-    header["BUNIT"] = fits_unit(GRID.unit)
-    _with_comment(header, "BUNIT", unit_comment(GRID.unit) or "FITS unit")
-    header["CMUNIT"] = GRID.unit
+def _grid_header(n_grid: int, spec: CatalogColumn = GRID) -> fits.Header:
+    """The header of a 1-D image extension of G float64 values: GRID (the default), or one of the priors
+    (``spec`` from :data:`catalogs.schema.PRIORS`, EXTNAME its name upper-cased); BUNIT (FITS-standard or blank),
+    CMUNIT and, for a prior, CMDESC (its description)."""
+    name = "GRID" if spec is GRID else spec.name.upper()
+    header = fits.ImageHDU(data=np.zeros(n_grid, dtype=">f8"), name=name).header
+    _with_comment(header, "EXTNAME", f"{GRID_NAME}, the grid of the CATALOG's PDFs" if spec is GRID
+                  else f"{spec.name}, per dex on the GRID values")
+    header["BUNIT"] = fits_unit(spec.unit)
+    _with_comment(header, "BUNIT", unit_comment(spec.unit) or "FITS unit")
+    header["CMUNIT"] = spec.unit
     _with_comment(header, "CMUNIT", "exact unit (astropy); BUNIT is FITS")
+    if spec is not GRID:
+        header["CMDESC"] = spec.description
     return header
 
 
@@ -158,6 +168,7 @@ class FITSCatalogWriter(CatalogWriter):
         columns: Sequence[str],
         provenance: Mapping[str, Any] | None = None,
         *,
+        priors: Mapping[str, Any] | None = None,
         fsync: bool = True,
         chunk_bytes: int = PACK_CHUNK_BYTES,
     ) -> None:
@@ -167,7 +178,7 @@ class FITSCatalogWriter(CatalogWriter):
         self._pending: list[Future | None] = [None, None]
         self._slot = 0
         self._chunk_bytes = chunk_bytes
-        super().__init__(path, n_rows, grid, columns, provenance, fsync=fsync)
+        super().__init__(path, n_rows, grid, columns, provenance, priors=priors, fsync=fsync)
 
     def _open(self) -> None:
         primary, header = catalog_headers(self.columns, self.n_grid, self.n_rows, self.provenance)
@@ -224,6 +235,10 @@ class FITSCatalogWriter(CatalogWriter):
         fh.write(_grid_header(self.n_grid).tostring().encode("ascii"))
         data = self.grid.astype(">f8").tobytes()
         fh.write(data + _padding(len(data)))
+        for name, values in self.priors.items():
+            fh.write(_grid_header(self.n_grid, column(name)).tostring().encode("ascii"))
+            data = values.astype(">f8").tobytes()
+            fh.write(data + _padding(len(data)))
         fh.close()
         self._fh = None
 
@@ -259,6 +274,9 @@ def read_fits(
         except (KeyError, ValueError) as exc:
             raise CatalogError(path, f"CATALOG header keyword CMPROV is missing or not JSON ({exc})") from None
         grid, grid_unit = _read_grid(path, grid_hdu)
+        names = {hdu.name for hdu in hdul}
+        priors = {name: _read_grid(path, hdul[name.upper()], name)[0] for name in PRIOR_NAMES
+                  if name.upper() in names}
         coldefs = cat.columns
         present = [c for c in NAMES if c in coldefs.names]
         missing = [c for c in REQUIRED if c not in present]
@@ -284,14 +302,14 @@ def read_fits(
         offset = cat.fileinfo()["datLoc"]
     block_rows = max(1, chunk_bytes // file_dtype.itemsize)
     arrays = _read_rows(path, offset, file_dtype, n_rows, wanted, len(grid), block_rows)
-    return build_table(path, arrays, units, grid, grid_unit, provenance, version)
+    return build_table(path, arrays, units, grid, grid_unit, provenance, version, priors)
 
 
-def _read_grid(path: str | os.PathLike[str], hdu) -> tuple[np.ndarray, str]:
-    """The grid (a 1-D image) and its exact unit string."""
+def _read_grid(path: str | os.PathLike[str], hdu, name: str = GRID_NAME) -> tuple[np.ndarray, str]:
+    """The grid (or a prior: ``name``), a 1-D image, and its exact unit string."""
     if not hdu.is_image or hdu.header.get("NAXIS") != 1:
-        raise CatalogError(path, f"GRID extension is not a 1-D image (NAXIS = {hdu.header.get('NAXIS')})",
-                           column=GRID_NAME)
+        raise CatalogError(path, f"{hdu.name} extension is not a 1-D image (NAXIS = {hdu.header.get('NAXIS')})",
+                           column=name)
     exact = hdu.header.get("CMUNIT")
     unit = hdu.header.get("BUNIT", "") if exact is None else exact
     return np.array(hdu.data, dtype=GRID.numpy_dtype), str(unit or "")

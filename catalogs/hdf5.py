@@ -5,6 +5,8 @@ Layout:
 * every column a root dataset of N rows in its schema dtype, with ``unit`` and ``description`` attributes;
   ``log10_m200c_pdf`` is N x G float32;
 * ``log10_m200c_grid``: float64 (G,), with ``unit`` and ``description``;
+* ``target_prior`` and ``training_prior`` (when given, as every pipeline catalog does): float64 (G,), the priors
+  the PDFs were made under, per dex on the grid, with ``unit`` and ``description`` (:data:`catalogs.schema.PRIORS`);
 * root attributes: the provenance (one attribute per key, str / int64 / float64 / bool), ``clustermass_catalog``
   (the schema version) and ``n_rows``.
 
@@ -33,6 +35,7 @@ from catalogs.schema import (
     GRID_NAME,
     NAMES,
     PDF_NAME,
+    PRIOR_NAMES,
     REQUIRED,
     RESERVED_KEYS,
     SCHEMA_VERSION,
@@ -61,6 +64,7 @@ class HDF5CatalogWriter(CatalogWriter):
         columns: Sequence[str],
         provenance: Mapping[str, Any] | None = None,
         *,
+        priors: Mapping[str, Any] | None = None,
         fsync: bool = True,
         compression: str | None = None,
         gzip_level: int = 4,
@@ -73,7 +77,7 @@ class HDF5CatalogWriter(CatalogWriter):
         self.chunk_rows = chunk_rows
         self._h5: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
-        super().__init__(path, n_rows, grid, columns, provenance, fsync=fsync)
+        super().__init__(path, n_rows, grid, columns, provenance, priors=priors, fsync=fsync)
 
     def _open(self) -> None:
         f = self._h5 = open_hdf5_unbuffered(self.tmp, track_order=True)
@@ -84,6 +88,11 @@ class HDF5CatalogWriter(CatalogWriter):
         grid = f.create_dataset(GRID_NAME, data=self.grid, dtype=GRID.numpy_dtype)
         grid.attrs["unit"] = GRID.unit
         grid.attrs["description"] = GRID.description
+        for name, values in self.priors.items():
+            spec = column(name)
+            ds = f.create_dataset(name, data=values, dtype=spec.numpy_dtype)
+            ds.attrs["unit"] = spec.unit
+            ds.attrs["description"] = spec.description
         for name in self.columns:
             spec = column(name)
             options: dict[str, Any] = {}
@@ -170,5 +179,6 @@ def read_hdf5(path: str | os.PathLike[str], columns: Sequence[str] | None = None
             arrays[name] = ds[...]
             units[name] = _text(ds.attrs.get("unit", ""))
         grid_unit = _text(grid_ds.attrs.get("unit", ""))
-    return build_table(path, arrays, units, grid, grid_unit, provenance, version)
+        priors = {name: f[name][...] for name in PRIOR_NAMES if name in f}
+    return build_table(path, arrays, units, grid, grid_unit, provenance, version, priors)
 

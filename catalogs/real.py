@@ -31,7 +31,7 @@ import numpy as np
 
 from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
-from catalogs.stage import CHUNK, Diagnostics, catalog_columns
+from catalogs.stage import CHUNK, Diagnostics, catalog_columns, grid_priors
 from features.definitions import compute_features
 from features.sets import CODES, INPUTS
 from features.sky import angular_separation, comoving_distance
@@ -240,8 +240,9 @@ def _write_catalogs(out: Path, table: Any, x: np.ndarray, setup: Any, diagnose: 
     diagnostic columns from the features ``x`` (``far``: the REDSHIFT flag of each row)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "catalog.h5", out / "catalog.fits"]
-    with HDF5CatalogWriter(paths[0], len(table), setup.grid, _names(table, setup.grid), provenance) as h5, \
-            FITSCatalogWriter(paths[1], len(table), setup.grid, _names(table, setup.grid), provenance) as fits:
+    names, priors = _names(table, setup.grid), grid_priors(setup)
+    with HDF5CatalogWriter(paths[0], len(table), setup.grid, names, provenance, priors=priors) as h5, \
+            FITSCatalogWriter(paths[1], len(table), setup.grid, names, provenance, priors=priors) as fits:
         for block in setup.blocks(x if inputs is None else inputs, chunk=CHUNK):
             sl = slice(block.start, block.start + len(block.pdf))
             diag = diagnose(x[sl], setup.grid, block.pdf, table.iloc[sl], far_redshift=far[sl], posterior=block.flags)

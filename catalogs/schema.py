@@ -46,8 +46,9 @@ from pipeline.errors import InputError
 
 #: Version of this layout, written to every file (HDF5 attribute ``clustermass_catalog``, FITS keyword CMSCHEMA).
 #: 2: FITS TUNITn FITS-standard (blank for log units; exact units in CMUNITn) and GRID an image extension, so that
-#: a plain ``Table.read`` of the FITS file is silent.
-SCHEMA_VERSION = "2"
+#: a plain ``Table.read`` of the FITS file is silent. 2.1: the target and training priors on the grid (``PRIORS``);
+#: a 2.0 file lacks them, which :func:`~catalogs.io.read_posteriors` refuses and ``read_catalog`` tolerates.
+SCHEMA_VERSION = "2.1"
 #: Major versions the readers accept: this one only (no catalog of an earlier layout exists outside this
 #: repository's history, so no reader of one is kept).
 READABLE_VERSIONS = ("2",)
@@ -129,6 +130,21 @@ COLUMNS: tuple[CatalogColumn, ...] = (
 #: The shared grid (a dataset in HDF5, the extension GRID in FITS).
 GRID = CatalogColumn(GRID_NAME, "float64", LOG_MASS_UNIT, "log10 M200c [Msun/h] grid of log10_m200c_pdf")
 
+TARGET_PRIOR_NAME = "target_prior"
+TRAINING_PRIOR_NAME = "training_prior"
+#: The priors the PDFs were made under, on the grid (HDF5 datasets beside the grid; FITS image extensions
+#: TARGET_PRIOR and TRAINING_PRIOR after GRID). A consumer forms each cluster's likelihood on the grid as
+#: L_i(M) = p_i(M) / target_prior(M) (up to a constant).
+PRIORS: tuple[CatalogColumn, ...] = (
+    CatalogColumn(TARGET_PRIOR_NAME, "float64", PDF_UNIT,
+                  "target prior of log10_m200c_pdf per dex on log10_m200c_grid, normalised on the grid"),
+    CatalogColumn(TRAINING_PRIOR_NAME, "float64", PDF_UNIT,
+                  "training (interim) prior per dex on log10_m200c_grid: KDE of the training log10 M200c"),
+)
+PRIOR_NAMES: tuple[str, ...] = tuple(c.name for c in PRIORS)
+#: |integral of a finite PDF row over the grid - 1| a reader accepts (float32 values, trapezoid rule)
+PDF_NORM_TOLERANCE = 1e-3
+
 #: What each non-FITS unit means, in words, for the comment of its blank FITS TUNITn (and the header COMMENT).
 _UNIT_WORDS = {
     LOG_MASS_UNIT: "log10(M200c / (h^-1 Msun)), h = H0/100",
@@ -152,9 +168,12 @@ _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 
 
 def column(name: str) -> CatalogColumn:
-    """The column called ``name`` (the grid included)."""
+    """The column called ``name`` (the grid and the priors included)."""
     if name == GRID_NAME:
         return GRID
+    for prior in PRIORS:
+        if name == prior.name:
+            return prior
     try:
         return _BY_NAME[name]
     except KeyError:
@@ -280,4 +299,35 @@ def check_provenance(provenance: Mapping[str, Any] | None, path: str | os.PathLi
             out[key] = value
         else:
             raise CatalogError(path, f"{where}: values are str, bool, int or float, not {type(value).__name__}")
+    return out
+
+
+def check_priors(priors: Mapping[str, Any] | None, n_grid: int, path: str | os.PathLike[str] | None
+                 ) -> dict[str, np.ndarray]:
+    """The priors on the grid (``{"target_prior": (G,), "training_prior": (G,)}``, per dex) as float64 arrays:
+    both or none, each of the grid's length, finite and non-negative, the target's integral over the grid > 0."""
+    if priors is None:
+        return {}
+    if not isinstance(priors, Mapping):
+        raise CatalogError(path, f"priors must be a dict of name -> array, got {type(priors).__name__}")
+    extra = [k for k in priors if k not in PRIOR_NAMES]
+    if extra:
+        raise CatalogError(path, f"unknown prior; expected {list(PRIOR_NAMES)}", column=str(extra[0]))
+    out: dict[str, np.ndarray] = {}
+    for name in PRIOR_NAMES:
+        if name not in priors:
+            raise CatalogError(path, f"prior missing: expected both {list(PRIOR_NAMES)} on the grid", column=name)
+        try:
+            values = np.array(priors[name], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise CatalogError(path, f"prior is not numeric ({exc})", column=name) from None
+        if values.shape != (n_grid,):
+            raise CatalogError(path, f"prior has shape {values.shape}, expected ({n_grid},): one value per grid "
+                                     "point", column=name)
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise CatalogError(path, "prior must be finite and non-negative (a density per dex)", column=name)
+        if not np.any(values > 0):
+            raise CatalogError(path, "prior is zero everywhere on the grid", column=name)
+        values.setflags(write=False)
+        out[name] = values
     return out

@@ -23,7 +23,7 @@ from catalogs.hdf5 import HDF5CatalogWriter
 from features.members import Members
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE
 from inference.diagnostics import edge_mass, flag_bits
-from inference.posterior import SUMMARY_COLUMNS, prepare, summary_columns
+from inference.posterior import SUMMARY_COLUMNS, PosteriorSetup, prepare, summary_columns
 from models.io import model_feature_set, read_description
 from models.model import TARGET, TrainedModel
 from models.set_model import SET_KIND, TrainedSetModel, set_data
@@ -54,6 +54,16 @@ def provenance_for(model_dir: Path, main: str, models: dict[str, TrainedModel | 
         "rows": rows,
         "created": now(),
     }
+
+
+def grid_priors(setup: PosteriorSetup) -> dict[str, np.ndarray]:
+    """The priors a catalog made under ``setup`` stores, per dex on its grid (:data:`catalogs.schema.PRIORS`): the
+    target prior (``exp(log_density)``, normalised on the grid by the trapezoid rule, as the PDFs are) and the
+    training (interim) prior, the model's KDE of its training log10 M200c evaluated on the grid as it is."""
+    log_p = np.asarray(setup.target.log_density, dtype=np.float64)
+    target = np.exp(log_p - np.max(log_p))
+    return {"target_prior": target / np.trapezoid(target, setup.grid),
+            "training_prior": np.asarray(setup.p_train, dtype=np.float64)}
 
 
 def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
@@ -93,8 +103,9 @@ def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: s
                             diagnose(x[:1], setup.grid, np.ones((1, len(setup.grid))), table.iloc[:1]))
     names = list(probe)
     paths = [out / "catalog.h5", out / "catalog.fits"]
-    with HDF5CatalogWriter(paths[0], len(table), setup.grid, names, provenance) as h5, \
-            FITSCatalogWriter(paths[1], len(table), setup.grid, names, provenance) as fits:
+    priors = grid_priors(setup)
+    with HDF5CatalogWriter(paths[0], len(table), setup.grid, names, provenance, priors=priors) as h5, \
+            FITSCatalogWriter(paths[1], len(table), setup.grid, names, provenance, priors=priors) as fits:
         for block in setup.blocks(inputs, chunk=chunk):
             part = table.iloc[block.start:block.start + len(block.pdf)]
             xb = x[block.start:block.start + len(block.pdf)]
