@@ -173,14 +173,7 @@ class TrainSection:
                      integer=True)
         _check_names("features", self.features, FEATURE_NAMES, empty_ok=True)
         check_number("test_fraction", self.test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-        if not 1 <= len(self.hidden) <= LIMITS["layers"]:
-            raise ConfigError(f"expected 1 to {LIMITS['layers']} layer widths, got {list(self.hidden)}", key="hidden")
-        for width in self.hidden:
-            try:
-                check_number("hidden", width, low=1, high=LIMITS["width"], integer=True)
-            except ConfigError as exc:
-                raise ConfigError(f"{exc.message.replace('got', 'got a width of', 1)} in {list(self.hidden)}",
-                                  key="hidden") from None
+        _check_widths("hidden", self.hidden)
         check_number("n_components", self.n_components, low=1, high=LIMITS["n_components"], integer=True)
         check_number("n_bins", self.n_bins, low=2, high=LIMITS["n_bins"], integer=True)
         check_number("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
@@ -210,15 +203,7 @@ class TrainSection:
     def _check_set_keys(self) -> None:
         """The set model's keys, on their own and against ``models`` and ``epistemic``."""
         check_choice("set_pooling", self.set_pooling, SET_POOLINGS)
-        if not 1 <= len(self.set_phi) <= LIMITS["layers"]:
-            raise ConfigError(f"expected 1 to {LIMITS['layers']} layer widths, got {list(self.set_phi)}",
-                              key="set_phi")
-        for width in self.set_phi:
-            try:
-                check_number("set_phi", width, low=1, high=LIMITS["width"], integer=True)
-            except ConfigError as exc:
-                raise ConfigError(f"{exc.message.replace('got', 'got a width of', 1)} in {list(self.set_phi)}",
-                                  key="set_phi") from None
+        _check_widths("set_phi", self.set_phi)
         check_number("set_cap", self.set_cap, low=1, high=LIMITS["members"], integer=True, unit="members")
         check_choice("set_target", self.set_target, SET_TARGETS)
         check_number("set_max_epochs", self.set_max_epochs, low=1, high=LIMITS["epochs"], integer=True)
@@ -263,6 +248,19 @@ class TrainSection:
 
         return SetSpec(inputs=MEMBER_INPUTS[feature_set], phi=self.set_phi, pooling=self.set_pooling,
                        cap=self.set_cap)
+
+
+def _check_widths(key: str, widths: tuple) -> None:
+    """Refuse a list of layer widths ``key`` that is empty, longer than :data:`LIMITS` allows, or holds a width that
+    is not an integer in [1, LIMITS["width"]] (the message names the width and the list)."""
+    if not 1 <= len(widths) <= LIMITS["layers"]:
+        raise ConfigError(f"expected 1 to {LIMITS['layers']} layer widths, got {list(widths)}", key=key)
+    for width in widths:
+        try:
+            check_number(key, width, low=1, high=LIMITS["width"], integer=True)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc.message.replace('got', 'got a width of', 1)} in {list(widths)}",
+                              key=key) from None
 
 
 def _check_names(key: str, values: tuple, known: tuple, *, empty_ok: bool) -> None:
