@@ -12,6 +12,8 @@ import shutil
 import numpy as np
 import pytest
 from test_model_files import R_APERTURE, SNAPSHOT, build_model, stage_extra
+from test_query import _query as run_query
+from test_query import _write
 
 from catalogs.io import read_catalog
 from clustermass.cli import main
@@ -79,15 +81,8 @@ def _cluster(k):
     return r[a:b][inside], v[a:b][inside], m[a:b][inside]
 
 
-def _write(path, **cols):
-    names = list(cols)
-    np.savetxt(path, np.column_stack([cols[n] for n in names]), delimiter=",", header=",".join(names), comments="")
-    return path
-
-
 def _query(capsys, *argv):
-    code = main(["query", *argv])
-    out, err = capsys.readouterr()
+    code, out, err = run_query(capsys, *argv)
     assert code == 0, err
     return out
 

@@ -60,15 +60,20 @@ def test_the_set_models_are_trained_beside_the_flows_and_recorded_like_them(run)
     assert summary["models"]["full/set"]["train_rows"] + len(table[table.cluster_id.isin(test_ids)]) <= len(table)
 
 
+def held_out_rows(d):
+    """The run's held-out rows (re-indexed from 0), their members in the same order, and the observations' meta."""
+    table, meta = load_observation_table(d / "obs")
+    held = held_out_mask(table, d / "model")
+    return table[held].reset_index(drop=True), read_members(d / "obs").take(held), meta
+
+
 def test_the_set_models_give_finite_posteriors_of_held_out_members(run):
     d, _ = run
-    table, _ = load_observation_table(d / "obs")
-    held = held_out_mask(table, d / "model")
-    members = read_members(d / "obs").take(held)
+    test, members, _ = held_out_rows(d)
     for directory in (d / "model" / "set", d / "model" / "dynamics" / "set"):
         model = load_model(directory)
         pdf, values = prepare(model, "flat", snapshot=None).evaluate(set_data(model, members))
-        assert pdf.shape == (int(held.sum()), 256) and np.isfinite(pdf).all() and np.isfinite(values["mode"]).all()
+        assert pdf.shape == (len(test), 256) and np.isfinite(pdf).all() and np.isfinite(values["mode"]).all()
 
 
 def test_the_set_model_reads_members_or_refuses_in_one_line(tmp_path, run):
@@ -106,12 +111,10 @@ def validated(run, tmp_path_factory):
     from inference.validate import validate_stage
 
     d, _ = run
-    table, _ = load_observation_table(d / "obs")
-    held = held_out_mask(table, d / "model")
-    members = read_members(d / "obs").take(held)
+    test, members, _ = held_out_rows(d)
     out = tmp_path_factory.mktemp("validation")
-    metrics = validate_stage(table[held].reset_index(drop=True), d / "model", out, members=members)
-    return metrics, table[held].reset_index(drop=True), members
+    metrics = validate_stage(test, d / "model", out, members=members)
+    return metrics, test, members
 
 
 def test_validate_scores_the_set_models_beside_the_flows(validated):
@@ -181,10 +184,7 @@ def test_validate_can_take_the_set_model_as_main_and_skips_it_without_members(ru
     from inference.validate import evaluate, validate_stage
 
     d, _ = run
-    table, _ = load_observation_table(d / "obs")
-    held = held_out_mask(table, d / "model")
-    test = table[held].reset_index(drop=True)
-    members = read_members(d / "obs").take(held)
+    test, members, _ = held_out_rows(d)
     models = load_models(d / "model")
     msigma = load_msigma(d / "model" / "msigma.json")
     main_set = evaluate(test, models, msigma, main="set", members=members).metrics
@@ -205,10 +205,7 @@ def test_the_catalog_is_filled_by_the_set_model_from_the_members(run, tmp_path):
     from pipeline.snapshot import Snapshot
 
     d, _ = run
-    table, meta = load_observation_table(d / "obs")
-    held = held_out_mask(table, d / "model")
-    test = table[held].reset_index(drop=True)
-    members = read_members(d / "obs").take(held)
+    test, members, meta = held_out_rows(d)
     snapshot = Snapshot.from_dict(meta["snapshot"])
     paths = catalog_stage(test, d / "model", tmp_path / "set", prior="flat", snapshot=snapshot, main="set",
                           members=members, chunk=40)  # several blocks of sets
