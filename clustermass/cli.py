@@ -129,6 +129,8 @@ def _add_observe(sub: Any) -> None:
         ("--extra-directions", "extra_directions", int,
          "random lines of sight for hosts above --extra-log10-m200c-min"),
         ("--extra-log10-m200c-min", "extra_log10_m200c_min", float, "log10 M200c Msun/h"),
+        ("--balance-below", "balance_below", float,
+         "subsample hosts below this log10 M200c Msun/h to a flatter mass function (<= the host cut: keep all)"),
         ("--regions", "regions_per_side", int, "regions per side per line of sight"),
         ("--workers", "workers", int, "threads running region tasks"),
     ))
@@ -618,6 +620,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{metrics['estimator']}: bias {metrics['bias_dex']:+.4f} dex, scatter {metrics['scatter_dex']:.4f} dex; "
           f"coverage 68% {metrics['coverage_68']:.3f}, 95% {metrics['coverage_95']:.3f}; M-sigma scatter "
           f"{metrics['msigma_scatter_dex']:.3f} dex")
+    _print_coverage_by_mass_range(metrics["coverage_by_mass_range"])
     for key, what in (("dynamics_thinned", "dynamics model"), ("dynamics_thinned_set", "dynamics set model")):
         thinned = metrics.get(key)
         if thinned:
@@ -631,8 +634,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"dynamics {kind}, the same {completeness['n']} clusters by completeness: bias {biases} dex")
     for name, check in metrics["acceptance"].items():
         if "pass" in check:
-            print(f"  {'PASS' if check['pass'] else 'FAIL'}  {name}")
+            ranges = "; ".join(f"{what} {', '.join(r if isinstance(r, str) else r['range'] for r in check[key])}"
+                               for key, what in (("failing_ranges", "failing:"), ("skipped", "skipped:"))
+                               if check.get(key))
+            print(f"  {'PASS' if check['pass'] else 'FAIL'}  {name}{f'  ({ranges})' if ranges else ''}")
     return 0
+
+
+def _print_coverage_by_mass_range(rows: list[dict[str, Any]]) -> None:
+    """``validate``'s table of ``metrics.json: coverage_by_mass_range``: per true-mass range the rows, the
+    effective sample size and the corrected coverage with its standard error, then the uncorrected coverage."""
+    from inference.acceptance import JUDGED_RANGES_FROM, range_label
+
+    print("coverage by true log10 M200c [Msun/h] (corrected: importance-weighted to the target prior, +- standard "
+          "error; uncorrected: as drawn):")
+    print(f"  {'range':9s} {'n':>7s} {'ESS':>8s}  {'68%':>13s}  {'95%':>13s}  uncorrected 68 / 95")
+    for r in rows:
+        label = range_label(r["lo"], r["hi"]) + ("" if r["lo"] >= JUDGED_RANGES_FROM else "*")
+        if not r["n"]:
+            print(f"  {label:9s} {0:7d} {'-':>8s}  no held-out rows")
+            continue
+        print(f"  {label:9s} {r['n']:7d} {r['ess']:8.1f}  {r['coverage_68']:.3f} +- {r['se_68']:.3f}  "
+              f"{r['coverage_95']:.3f} +- {r['se_95']:.3f}  {r['uncorrected_68']:.3f} / {r['uncorrected_95']:.3f}")
+    if any(r["lo"] < JUDGED_RANGES_FROM for r in rows):
+        print(f"  * reported, not judged (acceptance judges the ranges from 10^{JUDGED_RANGES_FROM:g} up)")
 
 
 def _dex(value: float | None, spec: str) -> str:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from features.balance import BalanceSpec
 from features.centring import CENTRING_MODELS, CentringSpec
 from features.cylinder import CylinderSpec, LineOfSightSpec, ObservationSpec
 from pipeline.config import check_choice, check_number, default
@@ -45,7 +46,10 @@ class ObserveSection:
     aperture); centring : where each cylinder is centred, ``"zhang19-lauer14"`` (default: the published centring
     errors of real cluster lists, position after Zhang et al. 2019 and velocity after Lauer et al. 2014,
     :mod:`features.centring`) or ``"none"`` (the true halo position and velocity); centring_seed : the seed of
-    those draws, >= 0; workers : threads running regions (speed only), 1-256.
+    those draws, >= 0; balance_below : log10 M200c [Msun/h] below which the abundant hosts are subsampled to a
+    flatter mass function (every 0.1-dex bin keeps at most as many hosts as the bin just above it,
+    :mod:`features.balance`; at or below host_log10_m200c_min: every host kept), [10, 16]; balance_seed : the seed
+    of which hosts are kept, >= 0; workers : threads running regions (speed only), 1-256.
     """
 
     r_aperture: float = default(CylinderSpec, "r_aperture")
@@ -60,6 +64,8 @@ class ObserveSection:
     regions_per_side: int = default(ObservationSpec, "regions_per_side")
     centring: str = default(CentringSpec, "model")
     centring_seed: int = default(CentringSpec, "seed")
+    balance_below: float = default(BalanceSpec, "below")
+    balance_seed: int = default(BalanceSpec, "seed")
     workers: int = 2
 
     def __post_init__(self) -> None:
@@ -80,6 +86,9 @@ class ObserveSection:
         check_number("regions_per_side", self.regions_per_side, low=1, high=MAX_REGIONS_PER_SIDE, integer=True)
         check_choice("centring", self.centring, CENTRING_MODELS)
         check_number("centring_seed", self.centring_seed, low=0, integer=True)
+        check_number("balance_below", self.balance_below, low=HOST_MASS_RANGE[0], high=HOST_MASS_RANGE[1],
+                     unit="log10 Msun/h")
+        check_number("balance_seed", self.balance_seed, low=0, integer=True)
         check_number("workers", self.workers, low=1, high=MAX_WORKERS, integer=True)
         self.observation_spec()  # the cylinder's and lines of sight's own checks, before anything runs
 
@@ -93,6 +102,7 @@ class ObserveSection:
                                 extra_log10_m200c_min=self.extra_log10_m200c_min, seed=self.los_seed),
             regions_per_side=self.regions_per_side,
             centring=CentringSpec(model=self.centring, seed=self.centring_seed),
+            balance=BalanceSpec(below=float(self.balance_below), seed=self.balance_seed),
         )
 
     def check_box(self, snapshot: Snapshot) -> None:

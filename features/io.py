@@ -50,6 +50,7 @@ def observation_metadata(obs: Observations, extra: dict[str, Any] | None = None)
         "n_observations": len(obs.table),
         "n_hosts": obs.n_hosts,
         "dropped": obs.dropped,
+        "host_selection": obs.selection,
         "config": obs.config.to_dict(),
         "snapshot": obs.snapshot.to_dict(),
         "units": {c: TABLE_UNITS.get(c, "") for c in obs.table.columns},
@@ -125,7 +126,7 @@ def save_plan(plan: ObservationPlan) -> list[Path]:
         pq.write_table(pa.Table.from_pandas(plan.hosts, preserve_index=False), tmp)
     payload = {"config": plan.config.to_dict(), "cylinder": dataclasses.asdict(plan.config.cylinder),
                "los": dataclasses.asdict(plan.config.los), "snapshot": plan.snapshot.to_dict(),
-               "jobs": [j.to_dict() for j in plan.jobs]}
+               "jobs": [j.to_dict() for j in plan.jobs], "selection": plan.selection}
     with atomic_output(d / PLAN_FILE) as tmp:
         tmp.write_text(json.dumps(payload, indent=1) + "\n")
     return [d / HOSTS_FILE, d / PLAN_FILE]
@@ -140,7 +141,8 @@ def load_plan(directory: str | os.PathLike[str]) -> ObservationPlan:
     config = ObservationSpec.from_dict(payload["config"])
     hosts = pq.read_table(d / HOSTS_FILE).to_pandas()
     jobs = tuple(RegionJob(**j) for j in payload["jobs"])
-    return ObservationPlan(hosts, config, Snapshot.from_dict(payload["snapshot"]), jobs, d)
+    selection = payload.get("selection") or {"edges": [], "fraction": []}
+    return ObservationPlan(hosts, config, Snapshot.from_dict(payload["snapshot"]), jobs, d, selection)
 
 
 def write_region(path: str | os.PathLike[str], table: pd.DataFrame, members: Members) -> Path:

@@ -23,7 +23,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from features.balance import balanced_hosts
 from features.centring import centre_offsets, perpendicular_basis
 from features.config import check_geometry
 from features.cylinder import (
@@ -69,6 +70,7 @@ class Observations:
     n_hosts: int
     config: ObservationSpec
     snapshot: Snapshot
+    selection: dict = field(default_factory=lambda: {"edges": [], "fraction": []})
 
 
 def select_hosts(halos: Catalog, log10_m200c_min: float) -> pd.DataFrame:
@@ -85,6 +87,16 @@ def select_hosts(halos: Catalog, log10_m200c_min: float) -> pd.DataFrame:
             "expected at least one host (lower the host mass cut or use a larger box)",
         )
     return hosts.sort_values("halo_id", kind="stable").reset_index(drop=True)
+
+
+def observed_hosts(halos: Catalog, config: ObservationSpec) -> tuple[pd.DataFrame, dict]:
+    """The hosts a set of observations covers: :func:`select_hosts` above the cut, mass-balanced by
+    ``config.balance`` (:func:`features.balance.balanced_hosts`), and the selection function of that sample."""
+    cut = config.cylinder.host_log10_m200c_min
+    hosts = select_hosts(halos, cut)
+    keep, selection = balanced_hosts(np.log10(hosts["m200c"].to_numpy(np.float64)), hosts["halo_id"].to_numpy(),
+                                     config.balance, log10_m_min=cut)
+    return hosts[keep].reset_index(drop=True), selection
 
 
 @dataclass(frozen=True)
@@ -105,13 +117,17 @@ class RegionJob:
 
 @dataclass(frozen=True)
 class ObservationPlan:
-    """The hosts, the geometry and the region jobs of one set of mock observations; buckets in ``directory``."""
+    """The hosts, the geometry and the region jobs of one set of mock observations; buckets in ``directory``.
+
+    ``selection``: the kept fraction of hosts per mass bin of the mass-balanced sample
+    (:func:`features.balance.balanced_hosts`; empty lists: every host above the cut kept)."""
 
     hosts: pd.DataFrame
     config: ObservationSpec
     snapshot: Snapshot
     jobs: tuple[RegionJob, ...]
     directory: Path
+    selection: dict = field(default_factory=lambda: {"edges": [], "fraction": []})
 
     @property
     def grid(self) -> RegionGrid:
@@ -187,7 +203,7 @@ def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationSpec
         check_geometry(config, snap)
     except ConfigError as exc:
         raise exc.located("[observe]") from None
-    hosts = select_hosts(halos, spec.host_log10_m200c_min)
+    hosts, selection = observed_hosts(halos, config)
     if host_ids is not None:
         hosts = hosts[hosts["halo_id"].isin(np.asarray(host_ids, dtype=np.int64))].reset_index(drop=True)
         if hosts.empty:
@@ -197,7 +213,7 @@ def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationSpec
     directory.mkdir(parents=True, exist_ok=True)
     for f in directory.glob("bucket-*.bin"):
         f.unlink()
-    provisional = ObservationPlan(hosts, config, snap, (), directory)
+    provisional = ObservationPlan(hosts, config, snap, (), directory, selection)
     grid = provisional.grid
     directions = config.los.directions()
     extra_hosts = provisional.extra_hosts()
@@ -220,7 +236,7 @@ def plan_observations(halos: Catalog, galaxies: Catalog, config: ObservationSpec
             jobs.append(RegionJob(3 + d, -1, _direction_path(directory, d).name))
     for job in jobs:  # a bucket with no galaxies still exists, so a missing bucket always means a deleted one
         (directory / job.bucket).touch()
-    return ObservationPlan(hosts, config, snap, tuple(jobs), directory)
+    return ObservationPlan(hosts, config, snap, tuple(jobs), directory, selection)
 
 
 def observe_region(plan: ObservationPlan, job: RegionJob) -> tuple[pd.DataFrame, Members]:
@@ -267,7 +283,7 @@ def combine_observations(plan: ObservationPlan, results: Sequence[tuple[pd.DataF
             f"{spec.min_members} members (galaxies with log10 M* >= {spec.log10_mstar_min:g} in "
             f"{spec.r_aperture:g} Mpc/h, |v_los| < {spec.v_cut:g} km/s); expected at least one"
         )
-    return Observations(table, members, dropped, len(plan.hosts), plan.config, plan.snapshot)
+    return Observations(table, members, dropped, len(plan.hosts), plan.config, plan.snapshot, plan.selection)
 
 
 def remove_buckets(directory: str | Path) -> None:

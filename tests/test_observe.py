@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.balance import BalanceSpec, balanced_hosts
 from features.centring import CentringSpec, centre_offsets, perpendicular_basis
 from features.cylinder import CylinderSpec, LineOfSightSpec, wrap
 from features.definitions import FEATURE_NAMES, compute_features
@@ -31,14 +32,20 @@ def observed(box):
     return make_observations(*box, ObservationSpec(los=LOS, regions_per_side=3))
 
 
-def _brute(halos, galaxies, spec: CylinderSpec, los: LineOfSightSpec, centring: CentringSpec | None = None):
+def _brute(halos, galaxies, spec: CylinderSpec, los: LineOfSightSpec, centring: CentringSpec | None = None,
+           balance: BalanceSpec | None = None):
     """Every (host, line of sight)'s members by an all-pairs search around its centre: the halo's position moved
     by the centring error in the plane of the sky, its velocity along the line of sight (``centring``'s draws;
-    default: :class:`CentringSpec`'s, the default observations')."""
+    default: :class:`CentringSpec`'s, the default observations'), for the hosts above the cut that the
+    mass-balanced sample keeps (``balance``; default: :class:`BalanceSpec`'s)."""
     centring = CentringSpec() if centring is None else centring
+    balance = BalanceSpec() if balance is None else balance
     snap = halos.snapshot
     L, H = snap.box_size, snap.hubble_per_comoving()
     hosts = select_hosts(halos, spec.host_log10_m200c_min)
+    keep, _ = balanced_hosts(np.log10(hosts.m200c.to_numpy()), hosts.halo_id.to_numpy(), balance,
+                             log10_m_min=spec.host_log10_m200c_min)
+    hosts = hosts[keep]
     g = galaxies.frame.compute()
     g = g[g.obs_sm >= 10**spec.log10_mstar_min]
     gx = g[["x", "y", "z"]].to_numpy(np.float64)
@@ -114,7 +121,7 @@ def test_table_is_sorted_and_has_truth(observed):
     t = observed.table
     keys = list(zip(t.cluster_id, t.los, strict=True))
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
-    assert (t.log10_m200c_true >= 13.5).all() and (t.n_members >= 10).all()
+    assert (t.log10_m200c_true >= CylinderSpec().host_log10_m200c_min).all() and (t.n_members >= 10).all()
     assert (t.log10_mvir_true > t.log10_m200c_true).mean() > 0.95  # Mvir > M200c for NFW halos
 
 
