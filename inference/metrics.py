@@ -6,11 +6,14 @@ flow, set model). The main model (default: the flow when trained) provides the h
 Accuracy is bias and scatter of log10(M_est / M_true) over ``MASS_RANGE`` (1e14-1e15 h^-1 Msun) and in
 ``BIN_WIDTH`` bins of true mass. Calibration: coverage of central credible intervals and the PIT histogram — for
 the corrected posterior on the held-out set importance-weighted to the target prior, for the uncorrected one on the
-held-out set as drawn (:mod:`inference.calibration`).
+held-out set as drawn (:mod:`inference.calibration`) — overall and in the true-mass ranges ``COVERAGE_MASS_RANGES``
+(:func:`coverage_by_mass_range`, with each range's effective sample size).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,9 @@ from inference.summaries import pit
 MASS_RANGE = (14.0, 15.0)
 #: width of the true-mass bins, dex
 BIN_WIDTH = 0.1
+#: true-mass ranges [lo, hi) of log10 M200c [Msun/h] in which the coverage is reported (issue 20): the low-mass
+#: groups real lists contain, then the reference study's range in halves, then the massive end (no upper edge)
+COVERAGE_MASS_RANGES: tuple[tuple[float, float], ...] = ((13.0, 13.5), (13.5, 14.0), (14.0, 14.5), (14.5, math.inf))
 
 
 def bin_edges(lo: float = MASS_RANGE[0], hi: float = MASS_RANGE[1], width: float = BIN_WIDTH) -> np.ndarray:
@@ -74,6 +80,7 @@ class Calibration:
     weights: np.ndarray
     headline_corrected: tuple[float, float]  # 68% and 95% coverage
     headline_uncorrected: tuple[float, float]
+    by_mass_range: list[dict[str, Any]]  # :func:`coverage_by_mass_range`
 
 
 def methods_accuracy(true: np.ndarray, *, msigma: np.ndarray, mse: np.ndarray | None,
@@ -108,8 +115,46 @@ def methods_accuracy(true: np.ndarray, *, msigma: np.ndarray, mse: np.ndarray | 
     return methods, estimates
 
 
-def calibrate(true: np.ndarray, post: DensityPosteriors) -> Calibration:
-    """Coverage curves and PIT histograms of ``post``: corrected weighted by p_target / p_train, uncorrected as is."""
+def coverage_by_mass_range(true: np.ndarray, pit_corrected: np.ndarray, weights: np.ndarray,
+                           pit_uncorrected: np.ndarray,
+                           ranges: Sequence[tuple[float, float]] = COVERAGE_MASS_RANGES) -> list[dict[str, Any]]:
+    """68% and 95% coverage in each true-mass range ``[lo, hi)`` of ``ranges`` (log10 M200c [Msun/h]; ``hi`` inf:
+    no upper edge, written ``None``).
+
+    ``pit_corrected``: PIT of the truth under the corrected posterior, weighted by the importance ``weights``
+    (p_target / p_train at the truth); ``pit_uncorrected``: under the uncorrected one, unweighted. Each range gives
+    ``{lo, hi, n, ess, coverage_68, coverage_95, se_68, se_95, uncorrected_68, uncorrected_95}``: ``n`` rows,
+    ``ess`` their Kish effective sample size (:func:`calibration.effective_sample_size` of their weights), the
+    corrected coverage and its binomial standard error sqrt(c (1 - c) / ess), the uncorrected coverage. A range
+    holding no row has ``n`` 0 and every other number None.
+    """
+    true = np.asarray(true, np.float64)
+    weights = np.asarray(weights, np.float64)
+    if not (len(pit_corrected) == len(weights) == len(pit_uncorrected) == len(true)):
+        raise ValueError(f"expected true, PITs and weights of one length, got {len(true)}, {len(pit_corrected)}, "
+                         f"{len(weights)} and {len(pit_uncorrected)}")
+    rows = []
+    for lo, hi in ranges:
+        sel = (true >= lo) & (true < hi)
+        row: dict[str, Any] = {"lo": float(lo), "hi": float(hi) if np.isfinite(hi) else None, "n": int(sel.sum())}
+        if not sel.any():
+            rows.append(row | dict.fromkeys(("ess", "coverage_68", "coverage_95", "se_68", "se_95",
+                                             "uncorrected_68", "uncorrected_95")))
+            continue
+        ess = calibration.effective_sample_size(weights[sel])
+        c68, c95 = (float(c) for c in calibration.coverage(np.asarray(pit_corrected)[sel], (0.68, 0.95),
+                                                            weights[sel]))
+        u68, u95 = (float(c) for c in calibration.coverage(np.asarray(pit_uncorrected)[sel], (0.68, 0.95)))
+        rows.append(row | {"ess": ess, "coverage_68": c68, "coverage_95": c95,
+                           "se_68": math.sqrt(c68 * (1 - c68) / ess), "se_95": math.sqrt(c95 * (1 - c95) / ess),
+                           "uncorrected_68": u68, "uncorrected_95": u95})
+    return rows
+
+
+def calibrate(true: np.ndarray, post: DensityPosteriors,
+              ranges: Sequence[tuple[float, float]] = COVERAGE_MASS_RANGES) -> Calibration:
+    """Coverage curves and PIT histograms of ``post``: corrected weighted by p_target / p_train, uncorrected as is;
+    and the coverage in the true-mass ``ranges`` (:func:`coverage_by_mass_range`)."""
     g = jnp.asarray(post.grid)
     pit_corr = np.asarray(pit(g, jnp.asarray(post.pdf), jnp.asarray(true)))
     pit_raw = np.asarray(pit(g, jnp.asarray(post.raw_pdf), jnp.asarray(true)))
@@ -119,7 +164,8 @@ def calibrate(true: np.ndarray, post: DensityPosteriors) -> Calibration:
     u68, u95 = calibration.coverage(pit_raw, (0.68, 0.95))
     return Calibration(levels, calibration.coverage(pit_corr, levels, weights), calibration.coverage(pit_raw, levels),
                        calibration.pit_histogram(pit_corr, weights=weights), calibration.pit_histogram(pit_raw),
-                       weights, (float(c68), float(c95)), (float(u68), float(u95)))
+                       weights, (float(c68), float(c95)), (float(u68), float(u95)),
+                       coverage_by_mass_range(true, pit_corr, weights, pit_raw, ranges))
 
 
 def validation_metrics(true: np.ndarray, n_hosts: int, *, methods: dict[str, dict[str, Any]], cal: Calibration,
@@ -149,6 +195,7 @@ def validation_metrics(true: np.ndarray, n_hosts: int, *, methods: dict[str, dic
         "coverage_effective_sample_size": calibration.effective_sample_size(cal.weights),
         "uncorrected_coverage_68": u68,
         "uncorrected_coverage_95": u95,
+        "coverage_by_mass_range": cal.by_mass_range,
         "coverage_curve": {"levels": cal.levels.tolist(), "corrected": cal.corrected.tolist(),
                            "uncorrected": cal.uncorrected.tolist()},
         "pit_histogram": {"edges": cal.pit_corrected[1].tolist(), "corrected": cal.pit_corrected[0].tolist(),

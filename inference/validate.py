@@ -29,6 +29,7 @@ from inference import calibration, plots
 from inference.acceptance import acceptance
 from inference.metrics import (
     BIN_WIDTH,
+    COVERAGE_MASS_RANGES,
     MASS_RANGE,
     Calibration,
     DensityPosteriors,
@@ -165,7 +166,8 @@ def evaluate_thinned(test: pd.DataFrame, members: Members, model: DensityModel, 
                      completeness: float = THINNED_COMPLETENESS, seed: int = 0) -> dict[str, Any]:
     """A model (the dynamics one: a feature flow, or a set model reading the thinned members) on held-out
     observations whose members are randomly thinned to ``completeness``: accuracy of the corrected mode and 68/95%
-    coverage (importance-weighted to the target prior).
+    coverage (importance-weighted to the target prior), overall and in the ranges of ``COVERAGE_MASS_RANGES`` the
+    scored rows cover whole (``coverage_by_mass_range``: from 10^14 up).
 
     ``members``: the member arrays of the rows of ``test`` (same order); only hosts from 0.1 dex below the judged
     mass range up are evaluated, and rows keeping fewer than ``min_members`` members (or with a non-finite summary
@@ -181,11 +183,12 @@ def evaluate_thinned(test: pd.DataFrame, members: Members, model: DensityModel, 
     true = test[TARGET].to_numpy(np.float64)[keep]
     inputs = set_data(model, kept.take(keep)) if isinstance(model, TrainedSetModel) else x[keep]
     post = density_posteriors(model, inputs, prior, snapshot)
-    cal = calibrate(true, post)
+    cal = calibrate(true, post, [r for r in COVERAGE_MASS_RANGES if r[0] >= MASS_RANGE[0] - BIN_WIDTH])
     return json_safe({"completeness": completeness, "n": int(keep.sum()), "n_dropped_too_few": int((~keep).sum()),
                       "corrected_mode": accuracy(post.values["mode"], true),
                       "coverage_68": cal.headline_corrected[0], "coverage_95": cal.headline_corrected[1],
-                      "coverage_effective_sample_size": calibration.effective_sample_size(cal.weights)})
+                      "coverage_effective_sample_size": calibration.effective_sample_size(cal.weights),
+                      "coverage_by_mass_range": cal.by_mass_range})
 
 
 def completeness_lists(members: Members, levels: tuple[float, ...], seed: int = 0) -> dict[float, Members]:

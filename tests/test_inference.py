@@ -167,6 +167,49 @@ def test_importance_weights_restore_coverage_under_the_target_prior():
     assert abs(weighted_bias) < 0.01 and abs(unweighted_bias) < 0.01  # x is unbiased either way
 
 
+def _pits(*groups: tuple[int, float]) -> np.ndarray:
+    """PIT values: ``n`` rows at ``value`` for each group (0.5 lies in every central interval, 0.1 in the 95% one
+    only, 0.0 in none)."""
+    return np.concatenate([np.full(n, value) for n, value in groups])
+
+
+def test_coverage_by_mass_range_on_a_pit_set_of_known_coverage():
+    from inference.metrics import COVERAGE_MASS_RANGES, coverage_by_mass_range
+
+    # 13.0-13.5: 60 rows in both intervals, 30 in the 95% one only, 10 in none; 13.5-14: 40 rows in both (13.5
+    # itself belongs here); 14-14.5: none; >=14.5: 10 rows in none, one far above 15; 12.9 is in no range
+    true = np.concatenate([np.full(100, 13.2), np.full(40, 13.5), np.full(9, 14.7), [16.0], [12.9]])
+    pit_corr = _pits((60, 0.5), (30, 0.1), (10, 0.0), (40, 0.5), (10, 0.0), (1, 0.5))
+    pit_raw = np.full(len(true), 0.5)  # the uncorrected posterior covers everything
+    rows = coverage_by_mass_range(true, pit_corr, np.ones(len(true)), pit_raw)
+    assert [(r["lo"], r["hi"]) for r in rows] == [(13.0, 13.5), (13.5, 14.0), (14.0, 14.5), (14.5, None)]
+    assert len(rows) == len(COVERAGE_MASS_RANGES)
+    first, second, empty, top = rows
+    assert (first["n"], first["ess"], first["coverage_68"], first["coverage_95"]) == (100, pytest.approx(100),
+                                                                                      pytest.approx(0.6), 0.9)
+    assert first["se_68"] == pytest.approx(np.sqrt(0.6 * 0.4 / 100)) and first["se_95"] == pytest.approx(0.03)
+    assert (first["uncorrected_68"], first["uncorrected_95"]) == (1.0, 1.0)
+    assert (second["n"], second["coverage_68"], second["se_68"]) == (40, 1.0, 0.0)
+    assert empty == {"lo": 14.0, "hi": 14.5, "n": 0, "ess": None, "coverage_68": None, "coverage_95": None,
+                     "se_68": None, "se_95": None, "uncorrected_68": None, "uncorrected_95": None}
+    assert (top["n"], top["coverage_68"], top["coverage_95"]) == (10, pytest.approx(0.0), pytest.approx(0.0))
+
+
+def test_coverage_by_mass_range_is_weighted_and_its_ess_is_kish():
+    from inference.metrics import coverage_by_mass_range
+
+    true = np.full(100, 14.2)
+    pit_corr = _pits((60, 0.5), (30, 0.1), (10, 0.0))
+    w = np.concatenate([np.ones(90), np.full(10, 3.0)])  # the rows outside both intervals count three times
+    row = coverage_by_mass_range(true, pit_corr, w, pit_corr)[2]
+    assert row["coverage_68"] == pytest.approx(60 / 120) and row["coverage_95"] == pytest.approx(90 / 120)
+    assert row["ess"] == pytest.approx(120**2 / (90 + 90)) == calibration.effective_sample_size(w)
+    assert row["se_68"] == pytest.approx(np.sqrt(0.5 * 0.5 / 80))
+    assert (row["uncorrected_68"], row["uncorrected_95"]) == (0.6, 0.9)  # unweighted
+    with pytest.raises(ValueError, match="one length"):
+        coverage_by_mass_range(true, pit_corr, w[:-1], pit_corr)
+
+
 def test_no_nan_or_inf_where_p_train_vanishes():
     pt = np.where((GRID > 13.6) & (GRID < 15.0), 1.0, 0.0)
     ratio = log_prior_ratio(pt, priors.flat(GRID))
