@@ -7,12 +7,29 @@ import copy
 import numpy as np
 import pytest
 
-from inference.acceptance import BIAS_LIMIT, COVERAGE_TOLERANCE, MIN_BIN_COUNT, acceptance, passed
-from inference.metrics import accuracy, bin_edges
+from inference.acceptance import (
+    BIAS_LIMIT,
+    COVERAGE_TOLERANCE,
+    MIN_BIN_COUNT,
+    MIN_RANGE_ESS,
+    RANGE_COVERAGE_TOLERANCE,
+    acceptance,
+    mass_range_coverage_verdict,
+    passed,
+)
+from inference.metrics import COVERAGE_MASS_RANGES, accuracy, bin_edges
+
+RANGE_VERDICT = "coverage_within_3pp_in_every_mass_range"
 
 
 def _bin(lo: float, bias: float, n: int = 100, se: float = 0.001) -> dict:
     return {"lo": lo, "hi": round(lo + 0.1, 6), "n": n, "bias": bias, "bias_se": se, "scatter": 0.1}
+
+
+def _range(lo: float, hi: float | None, c68: float = 0.68, c95: float = 0.95, ess: float | None = 5000.0,
+           n: int = 10000) -> dict:
+    return {"lo": lo, "hi": hi, "n": n, "ess": ess, "coverage_68": c68, "coverage_95": c95,
+            "se_68": None, "se_95": None, "uncorrected_68": 0.68, "uncorrected_95": 0.95}
 
 
 def _metrics(**changes) -> dict:
@@ -22,6 +39,7 @@ def _metrics(**changes) -> dict:
         "n_invalid_posteriors": 0,
         "coverage_68": 0.68,
         "coverage_95": 0.95,
+        "coverage_by_mass_range": [_range(lo, None if hi == np.inf else hi) for lo, hi in COVERAGE_MASS_RANGES],
         "methods": {
             "flow_corrected_mode": {"by_bin": bins, "scatter": 0.1},
             "msigma": {"scatter": 0.3},
@@ -62,14 +80,64 @@ def test_sparse_bins_are_not_judged():
     assert check["pass"] and check["bins_checked"] == 9
 
 
-@pytest.mark.parametrize(("level", "name"), [("coverage_68", "coverage_68_within_3pp"),
-                                             ("coverage_95", "coverage_95_within_3pp")])
+@pytest.mark.parametrize(("level", "name"), [("coverage_68", "coverage_68_within_2pp"),
+                                             ("coverage_95", "coverage_95_within_2pp")])
 def test_coverage_within_tolerance_of_nominal(level, name):
     nominal = 0.68 if level == "coverage_68" else 0.95
     assert acceptance(_metrics(**{level: nominal - COVERAGE_TOLERANCE + 1e-9}), "flow")[name]["pass"]
     assert not acceptance(_metrics(**{level: nominal + COVERAGE_TOLERANCE + 1e-3}), "flow")[name]["pass"]
+    assert not acceptance(_metrics(**{level: nominal - 0.025}), "flow")[name]["pass"]  # issue 20: 2 points, not 3
     failing = acceptance(_metrics(**{level: None}), "flow")  # undefined coverage never passes
     assert not failing[name]["pass"] and not passed(failing)
+
+
+def test_every_judged_mass_range_is_judged_and_the_lowest_only_reported():
+    check = acceptance(_metrics(**{"coverage_by_mass_range/0": _range(13.0, 13.5, c68=0.3, c95=0.6)}),
+                       "flow")[RANGE_VERDICT]
+    assert check["pass"] and check["failing_ranges"] == [] and check["skipped"] == []
+    assert [r["range"] for r in check["ranges"]] == ["13.5-14", "14-14.5", ">=14.5"]
+
+
+@pytest.mark.parametrize("index", [1, 2, 3])
+@pytest.mark.parametrize(("level", "nominal"), [("68", 0.68), ("95", 0.95)])
+def test_coverage_in_a_mass_range_within_3_points_of_nominal(index, level, nominal):
+    lo, hi = COVERAGE_MASS_RANGES[index]
+    hi = None if hi == np.inf else hi
+
+    def check(value: float) -> dict:
+        row = _range(lo, hi, **{f"c{level}": value})  # ess 5000: two standard errors are below 3 points
+        return acceptance(_metrics(**{f"coverage_by_mass_range/{index}": row}), "flow")[RANGE_VERDICT]
+
+    assert check(nominal - RANGE_COVERAGE_TOLERANCE + 1e-9)["pass"]
+    failing = check(nominal + RANGE_COVERAGE_TOLERANCE + 1e-3)
+    assert not failing["pass"] and failing["failing_ranges"] == [check(nominal)["ranges"][index - 1]["range"]]
+    assert not check(nominal - 0.031)["pass"]  # issue 20: 3 points
+
+
+def test_a_mass_range_with_a_small_effective_sample_size_is_allowed_two_standard_errors():
+    """At ess 100 a calibrated 68% coverage has a standard error of 4.7 points: 0.60 is within two (9.3 points) and
+    passes, 0.58 does not; the allowance is the calibrated standard error, not the measured coverage's."""
+    def check(c68: float, ess: float) -> dict:
+        rows = [_range(13.5, 14.0), _range(14.0, 14.5), _range(14.5, None, c68=c68, ess=ess, n=300)]
+        return mass_range_coverage_verdict(rows)
+
+    assert check(0.60, 100)["pass"] and check(0.60, 100)["ranges"][2]["allowed_68"] == pytest.approx(0.0933, abs=1e-4)
+    assert not check(0.58, 100)["pass"]
+    assert not check(0.60, 1000)["pass"]  # the same coverage at a larger ess is judged at 3 points
+
+
+def test_mass_ranges_without_rows_or_too_few_effective_rows_are_skipped_and_listed():
+    rows = [_range(13.5, 14.0), _range(14.0, 14.5, c68=0.1, ess=MIN_RANGE_ESS - 1, n=50),
+            _range(14.5, None, c68=None, c95=None, ess=None, n=0)]
+    check = mass_range_coverage_verdict(rows)
+    assert check["pass"] and [r["range"] for r in check["ranges"]] == ["13.5-14"]
+    assert check["skipped"] == [
+        {"range": "14-14.5", "n": 50, "ess": MIN_RANGE_ESS - 1, "why": f"effective sample size below {MIN_RANGE_ESS}"},
+        {"range": ">=14.5", "n": 0, "ess": None, "why": "no rows"}]
+    nothing = mass_range_coverage_verdict([_range(13.0, 13.5), rows[2]])  # no judged range: nothing shown
+    assert not nothing["pass"] and nothing["ranges"] == []
+    undefined = mass_range_coverage_verdict([_range(13.5, 14.0, c95=None)])
+    assert not undefined["pass"] and undefined["failing_ranges"] == ["13.5-14"]
 
 
 def test_scatter_must_be_at_most_half_of_msigma():
@@ -106,6 +174,8 @@ def test_dynamics_model_on_thinned_members_is_judged_when_validated():
     assert not passed(acceptance(m, "flow"))
     m["dynamics_thinned"] = good | {"coverage_68": 0.72}
     assert not acceptance(m, "flow")["dynamics_model_on_members_thinned_to_40pc"]["pass"]
+    m["dynamics_thinned"] = good | {"coverage_68": 0.705}  # the dynamics model keeps issue 12's 3 points
+    assert acceptance(m, "flow")["dynamics_model_on_members_thinned_to_40pc"]["pass"]
 
 
 def test_a_held_out_row_without_a_posterior_fails_the_validation():

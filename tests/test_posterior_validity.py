@@ -196,6 +196,12 @@ def test_validation_counts_held_out_rows_without_a_posterior(models, monkeypatch
     metrics = evaluate(table, loaded, msigma, prior="flat", snapshot=SNAPSHOT).metrics
     assert metrics["n_invalid_posteriors"] == 1
     assert metrics["acceptance"]["every_held_out_row_has_a_posterior"] == {"pass": False, "n_invalid": 1}
+    ranges = metrics["coverage_by_mass_range"]  # issue 20: every range reported, the invalid row among its misses
+    true = table["log10_m200c_true"].to_numpy()
+    assert [(r["lo"], r["hi"]) for r in ranges] == [(13.0, 13.5), (13.5, 14.0), (14.0, 14.5), (14.5, None)]
+    assert [r["n"] for r in ranges] == [int(((true >= lo) & (true < (hi or np.inf))).sum()) for lo, hi in
+                                        ((r["lo"], r["hi"]) for r in ranges)]
+    assert "pass" in metrics["acceptance"]["coverage_within_3pp_in_every_mass_range"]
 
 
 def _off_centre(r: np.ndarray) -> np.ndarray:

@@ -126,6 +126,9 @@ def test_validate_scores_the_set_models_beside_the_flows(validated):
     assert "not_scored" not in metrics
     flow, dyn_set = metrics["dynamics_thinned"], metrics["dynamics_thinned_set"]
     assert flow["completeness"] == dyn_set["completeness"] == 0.4
+    for thinned in (flow, dyn_set):  # the coverage ranges the thinned rows (from 10^13.9 up) cover whole
+        assert [(r["lo"], r["hi"]) for r in thinned["coverage_by_mass_range"]] == [(14.0, 14.5), (14.5, None)]
+    assert len(metrics["coverage_by_mass_range"]) == 4
     assert flow["n"] == dyn_set["n"] > 0  # the same thinned lists for both models
     verdicts = metrics["acceptance"]
     for name in ("dynamics_model_on_members_thinned_to_40pc", "dynamics_set_model_on_members_thinned_to_40pc",
@@ -236,7 +239,7 @@ def test_completeness_acceptance_judges_the_bias_spread():
         doc = {"methods": {"flow_corrected_mode": {"by_bin": by_bin, "scatter": 0.1},
                            "msigma": {"scatter": 0.3}, "flow_uncorrected_mean": {"full_range_by_bin": []},
                            "mse_regression": {"full_range_by_bin": []}},
-               "coverage_68": 0.68, "coverage_95": 0.95, "n_invalid_posteriors": 0,
+               "coverage_68": 0.68, "coverage_95": 0.95, "coverage_by_mass_range": [], "n_invalid_posteriors": 0,
                "dynamics_completeness": {"bias_spread": spreads, "models": {
                    k: {"0.2": {"bias": 0.0}, "1": {"bias": v}} for k, v in spreads.items()}}}
         return acceptance(doc, "flow")
