@@ -283,7 +283,16 @@ def test_validate_command(trained, tmp_path, capsys):
     assert metrics["main_model"] == "flow" and metrics["n_test"] > 0
     assert "coverage 68%" in out
     verdicts = {name: check["pass"] for name, check in metrics["acceptance"].items() if "pass" in check}
-    assert len(verdicts) == 7 and "dynamics_model_on_members_thinned_to_40pc" in verdicts
+    assert len(verdicts) == 8 and "dynamics_model_on_members_thinned_to_40pc" in verdicts
+    assert "coverage_within_3pp_in_every_mass_range" in verdicts  # issue 20
+    table = out[out.index("coverage by true log10 M200c"):].splitlines()[2:6]  # the per-range table, one line each
+    for line, row in zip(table, metrics["coverage_by_mass_range"], strict=True):
+        label = line.split()[0]
+        assert label.rstrip("*") == (f">={row['lo']:g}" if row["hi"] is None else f"{row['lo']:g}-{row['hi']:g}")
+        assert int(line.split()[1]) == row["n"]
+        assert ("no held-out rows" in line) == (row["n"] == 0)
+        if row["n"]:
+            assert f"{row['coverage_68']:.3f} +- {row['se_68']:.3f}" in line
     assert "dynamics_bias_independent_of_completeness" in verdicts  # the dynamics flow's completeness test
     assert set(metrics["dynamics_completeness"]["models"]) == {"flow"}
     assert "dynamics flow, the same" in out
