@@ -56,6 +56,31 @@ def provenance_for(model_dir: Path, main: str, models: dict[str, TrainedModel | 
     }
 
 
+def catalog_sample(meta: dict[str, Any], cluster_id: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
+    """What a population analysis needs to know about the hosts a catalog of mock observations holds (provenance
+    keys, README "Using the catalog in a cosmology analysis"):
+
+    - ``volume``: the comoving volume the catalog's hosts sample, (Mpc/h)^3: the box's, times the fraction of the
+      observed hosts whose rows are in the catalog (the held-out hosts are a random fraction of the hosts,
+      independent of mass);
+    - ``selection``: a JSON string ``{"edges": [...], "fraction": [...], "unit": ...}``, the probability that a
+      host of true log10 M200c [Msun/h] was observed at all: 0 below the first edge (the host cut), the kept fraction
+      of each mass-balanced bin between edges (:func:`features.balance.balanced_hosts`), 1 above the last edge.
+
+    ``meta``: the observation set's metadata (:func:`features.io.observation_metadata`); ``cluster_id``: the host of
+    every row of the observation table; ``keep``: which rows the catalog holds.
+    """
+    cut = float(meta["config"]["cylinder"]["host_log10_m200c_min"])
+    host_selection = meta.get("host_selection") or {"edges": [], "fraction": []}
+    edges = [float(e) for e in host_selection["edges"]] or [cut]
+    hosts = np.unique(np.asarray(cluster_id))
+    in_catalog = np.unique(np.asarray(cluster_id)[np.asarray(keep, bool)])
+    box = float(meta["snapshot"]["box_size"])
+    return {"volume": box**3 * len(in_catalog) / max(len(hosts), 1),
+            "selection": json.dumps({"edges": edges, "fraction": [float(f) for f in host_selection["fraction"]],
+                                     "unit": "log10 M200c [Msun/h]; fraction of hosts observed"})}
+
+
 def grid_priors(setup: PosteriorSetup) -> dict[str, np.ndarray]:
     """The priors a catalog made under ``setup`` stores, per dex on its grid (:data:`catalogs.schema.PRIORS`): the
     target prior (``exp(log_density)``, normalised on the grid by the trapezoid rule, as the PDFs are) and the
@@ -68,13 +93,15 @@ def grid_priors(setup: PosteriorSetup) -> dict[str, np.ndarray]:
 
 def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
                   prior: str, snapshot: Snapshot, main: str = "flow", rows: str = "all observations",
-                  config_digest: str = "", chunk: int = CHUNK, members: Members | None = None) -> list[Path]:
+                  config_digest: str = "", chunk: int = CHUNK, members: Members | None = None,
+                  sample: dict[str, Any] | None = None) -> list[Path]:
     """Catalogs of every row of ``table`` (a feature table) under the target ``prior``: ``out/catalog.h5`` and
     ``out/catalog.fits``.
 
     ``main``: the density model that fills the catalog (``flow``, ``mdn`` or ``set``; the flow, else the MDN, if
     ``main`` was not trained); ``rows``: what the rows are, for the provenance; ``members``: the rows' member arrays
-    (same order), which a set model reads (required when it fills the catalog).
+    (same order), which a set model reads (required when it fills the catalog); ``sample``: the volume and the
+    selection function of the rows' hosts (:func:`catalog_sample`), added to the provenance.
     """
     model_dir, out = Path(model_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +122,7 @@ def catalog_stage(table: pd.DataFrame, model_dir: str | os.PathLike[str], out: s
     provenance = provenance_for(model_dir, main, models, setup.target.name, snapshot, rows, config_digest)
     provenance["model_inputs"] = f"{feature_set}: {INPUTS[feature_set]}"
     provenance["model_kind"] = SET_KIND if isinstance(model, TrainedSetModel) else model.spec.kind
+    provenance.update(sample or {})
     x = table[list(model.feature_names)].to_numpy()  # the summary features: the flow's inputs, every diagnostic's
     inputs = set_data(model, members) if isinstance(model, TrainedSetModel) else x
     diagnose = Diagnostics(description, CODES[feature_set], feature_set in NEEDS_COMPLETE_SAMPLE)

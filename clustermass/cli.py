@@ -537,20 +537,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _observation_table(directory: Path):
-    from features.io import load_observation_table
-    from pipeline.snapshot import Snapshot
-
-    table, meta = load_observation_table(directory)
-    return table, Snapshot.from_dict(meta["snapshot"])
-
-
 def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from catalogs.stage import catalog_stage
-    from features.io import MEMBERS_FILE, read_members
+    from catalogs.stage import catalog_sample, catalog_stage
+    from features.io import MEMBERS_FILE, load_observation_table, read_members
     from models.stage import held_out_mask
+    from pipeline.snapshot import Snapshot
 
     start = time.perf_counter()
     real = args.members is not None or args.clusters is not None
@@ -559,17 +552,19 @@ def cmd_infer(args: argparse.Namespace) -> int:
     _check_out(args)
     if real:
         return _infer_real(args, start)
-    table, snapshot = _observation_table(args.observations)
+    table, meta = load_observation_table(args.observations)
+    snapshot = Snapshot.from_dict(meta["snapshot"])
     rows = "all observations"
     keep = np.ones(len(table), bool)
     if args.held_out_only:
         keep, rows = held_out_mask(table, args.model), "held-out test hosts (never seen in training)"
-        table = table[keep].reset_index(drop=True)
+    sample = catalog_sample(meta, table["cluster_id"].to_numpy(), keep)
+    table = table[keep].reset_index(drop=True)
     members = None
     if args.use == "set" and (args.observations / MEMBERS_FILE).is_file():  # the set model reads the members
         members = read_members(args.observations).take(keep)
     paths = catalog_stage(table, args.model, args.out, prior=args.prior, snapshot=snapshot, main=args.use, rows=rows,
-                          members=members)
+                          members=members, sample=sample)
     for path in paths:
         print(f"catalog: {path}  ({len(table)} rows, {rows})")
     print(f"time:    {time.perf_counter() - start:.1f} s")

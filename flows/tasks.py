@@ -209,15 +209,22 @@ def train_models(run_dir: str, observations_digest: str, train: dict[str, Any], 
 # -- inference: catalogs and validation ----------------------------------------------------------------------------
 def _catalog_rows(run_dir: str, model_dir: str, rows: str, *, with_members: bool = False):
     """The ``rows`` of the run's observation table (and with ``with_members``, their member arrays)."""
+    selected, members, _ = _catalog_rows_and_sample(run_dir, model_dir, rows, with_members=with_members)
+    return (selected, members) if with_members else selected
+
+
+def _catalog_rows_and_sample(run_dir: str, model_dir: str, rows: str, *, with_members: bool = False):
+    """The ``rows`` of the run's observation table, their member arrays (None without ``with_members``) and the
+    volume and selection of their hosts (:func:`catalogs.stage.catalog_sample`)."""
+    from catalogs.stage import catalog_sample
     from features.io import load_observation_table, read_members
     from models.stage import held_out_mask
 
-    table, _ = load_observation_table(run_dir)
+    table, meta = load_observation_table(run_dir)
     mask = np.ones(len(table), bool) if rows == "all" else held_out_mask(table, at(run_dir, model_dir))
     selected = table[mask].reset_index(drop=True)
-    if not with_members:
-        return selected
-    return selected, read_members(run_dir).take(mask)
+    sample = catalog_sample(meta, table["cluster_id"].to_numpy(), mask)
+    return selected, (read_members(run_dir).take(mask) if with_members else None), sample
 
 
 ROWS_DESCRIPTION = {"held-out": "held-out test hosts (never seen in training)",
@@ -231,10 +238,10 @@ def write_catalogs(run_dir: str, observations_digest: str, model_dir: str, model
     """Posterior mass catalogs ``catalog.h5`` and ``catalog.fits`` of the ``rows`` observations (streamed)."""
     from catalogs.stage import catalog_stage
 
-    table, members = _catalog_rows(run_dir, model_dir, rows, with_members=True) if main == "set" else (
-        _catalog_rows(run_dir, model_dir, rows), None)  # the set model reads the members
+    # the set model reads the members
+    table, members, sample = _catalog_rows_and_sample(run_dir, model_dir, rows, with_members=main == "set")
     paths = catalog_stage(table, at(run_dir, model_dir), run_dir, prior=prior, snapshot=_snapshot(snapshot), main=main,
-                          rows=ROWS_DESCRIPTION[rows], config_digest=config_digest, members=members)
+                          rows=ROWS_DESCRIPTION[rows], config_digest=config_digest, members=members, sample=sample)
     get_run_logger().info("catalogs of %d observations: %s", len(table), ", ".join(map(str, paths)))
     stamps = stamp(paths, run_dir)
     return StageResult(stamps, digest_json(stamps),

@@ -222,3 +222,32 @@ def test_a_real_catalog_carries_both_priors(run_catalogs, tmp_path, capsys):
         cat = read_posteriors(tmp_path / "out" / name)
         np.testing.assert_array_equal(cat.target_prior, run.target_prior)  # both "flat" on the model's grid
         np.testing.assert_array_equal(cat.training_prior, run.training_prior)
+
+
+def test_a_catalog_records_the_volume_and_selection_of_its_hosts(run_catalogs, tmp_path):
+    """The population analysis needs the volume the catalog's hosts sample and the probability that a host of a
+    given mass was observed (the host cut and the mass-balanced bins, features/balance.py)."""
+    import json
+
+    from catalogs.stage import catalog_sample
+
+    meta = {"config": {"cylinder": {"host_log10_m200c_min": 13.0}}, "snapshot": {"box_size": 100.0},
+            "host_selection": {"edges": [13.0, 13.1, 13.2], "fraction": [0.25, 0.5]}}
+    ids = np.array([1, 1, 1, 2, 2, 3, 4, 4, 5, 6])  # six hosts, two of them held out (rows of hosts 2 and 5)
+    keep = np.isin(ids, [2, 5])
+    sample = catalog_sample(meta, ids, keep)
+    assert sample["volume"] == pytest.approx(100.0**3 * 2 / 6)
+    selection = json.loads(sample["selection"])
+    assert selection["edges"] == [13.0, 13.1, 13.2] and selection["fraction"] == [0.25, 0.5]
+    # without balancing the selection is the host cut alone
+    plain = json.loads(catalog_sample({**meta, "host_selection": {"edges": [], "fraction": []}}, ids, keep)
+                       ["selection"])
+    assert plain["edges"] == [13.0] and plain["fraction"] == []
+    models, _ = run_catalogs
+    offsets, r, v, m, _mass = toy_clusters(3, seed=6)
+    table = pd.DataFrame(compute_features(offsets, r, v, m, r_aperture=R_APERTURE))
+    table["cluster_id"], table["los"] = np.arange(3), 0
+    for path in catalog_stage(table, models, tmp_path, prior="flat", snapshot=SNAPSHOT, sample=sample):
+        provenance = read_posteriors(path).provenance
+        assert float(provenance["volume"]) == pytest.approx(sample["volume"])
+        assert json.loads(provenance["selection"]) == selection

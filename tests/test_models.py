@@ -263,6 +263,16 @@ def test_training_prior_integrates_to_one_and_follows_the_labels():
     assert prior(np.array([10.0]))[0] == 0.0
 
 
+def test_training_prior_is_not_halved_at_the_host_mass_cut():
+    # labels cut hard at 13.0 (every host above a mass): reflected, the estimate at the cut is the density itself;
+    # a plain kernel estimate would give half of it (the correction would then double the lightest posteriors)
+    y = np.random.default_rng(1).uniform(13.0, 14.0, 50000)
+    prior = TrainingPrior.estimate(y)
+    assert prior.grid[0] == pytest.approx(y.min())
+    assert prior(np.array([y.min()]))[0] == pytest.approx(1.0, rel=0.05)
+    assert TrainingPrior.estimate(y, reflect_lower=False)(np.array([y.min()]))[0] == pytest.approx(0.5, rel=0.1)
+
+
 def test_training_prior_bandwidth_is_silvermans_normal_reference_rule():
     # labels with a standard deviation of exactly 0.3 dex, n = 1000: h = 1.06 x 0.3 x 1000^(-1/5) = 0.07988 dex
     # (scipy's "scott" factor would give 0.0754, the robust 0.9 min(sigma, IQR / 1.34) rule 0.0678)
