@@ -146,9 +146,14 @@ def coverage_by_mass_range(true: np.ndarray, pit_corrected: np.ndarray, weights:
                                                             weights[sel]))
         u68, u95 = (float(c) for c in calibration.coverage(np.asarray(pit_uncorrected)[sel], (0.68, 0.95)))
         rows.append(row | {"ess": ess, "coverage_68": c68, "coverage_95": c95,
-                           "se_68": math.sqrt(c68 * (1 - c68) / ess), "se_95": math.sqrt(c95 * (1 - c95) / ess),
+                           "se_68": _binomial_se(c68, ess), "se_95": _binomial_se(c95, ess),
                            "uncorrected_68": u68, "uncorrected_95": u95})
     return rows
+
+
+def _binomial_se(fraction: float, n_eff: float) -> float:
+    """sqrt(c (1 - c) / n_eff); a weighted fraction rounded a hair past 0 or 1 counts as 0 or 1."""
+    return math.sqrt(max(fraction * (1 - fraction), 0.0) / n_eff)
 
 
 def calibrate(true: np.ndarray, post: DensityPosteriors,

@@ -208,6 +208,11 @@ def test_coverage_by_mass_range_is_weighted_and_its_ess_is_kish():
     assert (row["uncorrected_68"], row["uncorrected_95"]) == (0.6, 0.9)  # unweighted
     with pytest.raises(ValueError, match="one length"):
         coverage_by_mass_range(true, pit_corr, w[:-1], pit_corr)
+    # every row covered under weights whose sums round the coverage a hair above 1 (a tiny run's validation failed)
+    w = np.random.default_rng(0).lognormal(0.0, 2.0, 1000)
+    assert (calibration.coverage(np.full(1000, 0.5), (0.68, 0.95), w) > 1).any()
+    row = coverage_by_mass_range(np.full(1000, 14.2), np.full(1000, 0.5), w, np.full(1000, 0.5))[2]
+    assert row["se_68"] == row["se_95"] == 0.0 and row["coverage_95"] == pytest.approx(1.0)
 
 
 def test_no_nan_or_inf_where_p_train_vanishes():
