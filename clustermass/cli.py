@@ -639,20 +639,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _print_coverage_by_mass_range(rows: list[dict[str, Any]]) -> None:
     """``validate``'s table of ``metrics.json: coverage_by_mass_range``: per true-mass range the rows, the
     effective sample size and the corrected coverage with its standard error, then the uncorrected coverage."""
-    from inference.acceptance import JUDGED_RANGES_FROM, range_label
+    from inference.acceptance import JUDGED_SPAN, judged, range_label
 
     print("coverage by true log10 M200c [Msun/h] (corrected: importance-weighted to the target prior, +- standard "
           "error; uncorrected: as drawn):")
     print(f"  {'range':9s} {'n':>7s} {'ESS':>8s}  {'68%':>13s}  {'95%':>13s}  uncorrected 68 / 95")
     for r in rows:
-        label = range_label(r["lo"], r["hi"]) + ("" if r["lo"] >= JUDGED_RANGES_FROM else "*")
+        label = range_label(r["lo"], r["hi"]) + ("" if judged(r["lo"], r["hi"]) else "*")
         if not r["n"]:
             print(f"  {label:9s} {0:7d} {'-':>8s}  no held-out rows")
             continue
         print(f"  {label:9s} {r['n']:7d} {r['ess']:8.1f}  {r['coverage_68']:.3f} +- {r['se_68']:.3f}  "
               f"{r['coverage_95']:.3f} +- {r['se_95']:.3f}  {r['uncorrected_68']:.3f} / {r['uncorrected_95']:.3f}")
-    if any(r["lo"] < JUDGED_RANGES_FROM for r in rows):
-        print(f"  * reported, not judged (acceptance judges the ranges from 10^{JUDGED_RANGES_FROM:g} up)")
+    if not all(judged(r["lo"], r["hi"]) for r in rows):
+        print(f"  * reported, not judged (acceptance judges the ranges within 10^{JUDGED_SPAN[0]:g}-"
+              f"10^{JUDGED_SPAN[1]:g})")
 
 
 def _dex(value: float | None, spec: str) -> str:

@@ -98,7 +98,7 @@ def balanced_hosts(log10_m: np.ndarray, host_id: np.ndarray, spec: BalanceSpec, 
     for b in range(n_bins - 1, -1, -1):  # ascending in mass
         lo, hi = max(below - (b + 1) * w, log10_m_min), below - b * w
         rows = np.flatnonzero(k == b)
-        allowed = int(math.floor(cap * (hi - lo) / w + 1e-9))
+        allowed = math.floor(cap * (hi - lo) / w + 1e-9)
         if len(rows) > allowed:
             order = rows[np.argsort(u[rows], kind="stable")]
             keep[order[allowed:]] = False

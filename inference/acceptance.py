@@ -7,7 +7,7 @@ For the main model's corrected posterior mode on held-out hosts, over 1e14-1e15 
 - scatter at most ``MSIGMA_SCATTER_FRACTION`` of the M-sigma baseline's;
 - 68% and 95% coverage (importance-weighted to the target prior) within ``COVERAGE_TOLERANCE`` (2 points) of
   nominal;
-- the same in each true-mass range of ``metrics.json: coverage_by_mass_range`` from ``JUDGED_RANGES_FROM`` up
+- the same in each true-mass range of ``metrics.json: coverage_by_mass_range`` within ``JUDGED_SPAN``
   (10^13.5-10^14, 10^14-10^14.5, 10^14.5 and above; issue 20): within max(``RANGE_COVERAGE_TOLERANCE`` (3 points),
   2 standard errors) of nominal, the standard error being a calibrated posterior's at the range's effective sample
   size (:func:`mass_range_coverage_verdict`); 10^13-10^13.5 is reported, not judged.
@@ -42,7 +42,15 @@ COVERAGE_TOLERANCE = 0.02
 RANGE_COVERAGE_TOLERANCE = 0.03
 #: the coverage mass ranges starting at or above this log10 M200c [Msun/h] are judged; those below (10^13-10^13.5,
 #: the groups real lists contain) are reported only
-JUDGED_RANGES_FROM = 13.5
+#: the true-mass span (log10 M200c [Msun/h]) whose ranges are judged: the reference study's 10^14-10^15 and the
+#: 10^13.5-10^14 range below it (issue 20); 10^13-10^13.5 and above 10^15 are reported, not judged — above 10^15 a box
+#: of 800 h^-1 Mpc holds ~20 hosts (~5 held out), whose posteriors the end of the training range truncates
+JUDGED_SPAN = (13.5, 15.0)
+
+
+def judged(lo: float, hi: float | None) -> bool:
+    """Whether the coverage range ``[lo, hi)`` (``hi`` None: open) lies within :data:`JUDGED_SPAN`."""
+    return lo >= JUDGED_SPAN[0] and hi is not None and math.isfinite(hi) and hi <= JUDGED_SPAN[1]
 #: a judged range with a smaller effective sample size is listed as skipped rather than judged
 MIN_RANGE_ESS = 30
 #: allowed distance of the dynamics model's 68% and 95% coverage on thinned members from nominal (issue 12)
@@ -125,7 +133,7 @@ def _completeness_verdict(completeness: dict[str, Any], kind: str) -> dict[str, 
 
 
 def mass_range_coverage_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Coverage in each judged true-mass range (``lo`` >= ``JUDGED_RANGES_FROM``) of ``rows`` (the list
+    """Coverage in each judged true-mass range (within ``JUDGED_SPAN``) of ``rows`` (the list
     ``metrics.json: coverage_by_mass_range``, :func:`inference.metrics.coverage_by_mass_range`, or its average over
     runs): the 68% and 95% coverage each within ``allowed`` of nominal, where ``allowed`` = max(
     ``RANGE_COVERAGE_TOLERANCE``, 2 sqrt(p (1 - p) / ess)) — 3 points, or two standard errors of the coverage a
@@ -134,12 +142,12 @@ def mass_range_coverage_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     measured coverage's, so the allowance does not grow the further the coverage is off, and a coverage of 0 or 1
     is not taken as exact. A range with no rows, or with ``ess`` below ``MIN_RANGE_ESS`` (too few to judge: at 30
     the allowance is already 17 points at 68%), is listed under ``skipped`` with the reason and does not fail the
-    verdict; ranges below ``JUDGED_RANGES_FROM`` are not judged. None (an undefined coverage) fails, and so does a
+    verdict; ranges outside ``JUDGED_SPAN`` are not judged. None (an undefined coverage) fails, and so does a
     verdict that judged no range at all (``ranges`` empty: nothing showed calibration).
     """
     checked, skipped, failing = [], [], []
     for row in rows:
-        if row["lo"] < JUDGED_RANGES_FROM:
+        if not judged(row["lo"], row["hi"]):
             continue
         name = range_label(row["lo"], row["hi"])
         ess = row.get("ess")

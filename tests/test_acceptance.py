@@ -91,11 +91,12 @@ def test_coverage_within_tolerance_of_nominal(level, name):
     assert not failing[name]["pass"] and not passed(failing)
 
 
-def test_every_judged_mass_range_is_judged_and_the_lowest_only_reported():
-    check = acceptance(_metrics(**{"coverage_by_mass_range/0": _range(13.0, 13.5, c68=0.3, c95=0.6)}),
+def test_every_judged_mass_range_is_judged_and_the_lowest_and_highest_only_reported():
+    check = acceptance(_metrics(**{"coverage_by_mass_range/0": _range(13.0, 13.5, c68=0.3, c95=0.6),
+                                   "coverage_by_mass_range/4": _range(15.0, None, c68=0.2, c95=0.5)}),
                        "flow")[RANGE_VERDICT]
     assert check["pass"] and check["failing_ranges"] == [] and check["skipped"] == []
-    assert [r["range"] for r in check["ranges"]] == ["13.5-14", "14-14.5", ">=14.5"]
+    assert [r["range"] for r in check["ranges"]] == ["13.5-14", "14-14.5", "14.5-15"]
 
 
 @pytest.mark.parametrize("index", [1, 2, 3])
@@ -118,7 +119,7 @@ def test_a_mass_range_with_a_small_effective_sample_size_is_allowed_two_standard
     """At ess 100 a calibrated 68% coverage has a standard error of 4.7 points: 0.60 is within two (9.3 points) and
     passes, 0.58 does not; the allowance is the calibrated standard error, not the measured coverage's."""
     def check(c68: float, ess: float) -> dict:
-        rows = [_range(13.5, 14.0), _range(14.0, 14.5), _range(14.5, None, c68=c68, ess=ess, n=300)]
+        rows = [_range(13.5, 14.0), _range(14.0, 14.5), _range(14.5, 15.0, c68=c68, ess=ess, n=300)]
         return mass_range_coverage_verdict(rows)
 
     assert check(0.60, 100)["pass"] and check(0.60, 100)["ranges"][2]["allowed_68"] == pytest.approx(0.0933, abs=1e-4)
@@ -128,12 +129,12 @@ def test_a_mass_range_with_a_small_effective_sample_size_is_allowed_two_standard
 
 def test_mass_ranges_without_rows_or_too_few_effective_rows_are_skipped_and_listed():
     rows = [_range(13.5, 14.0), _range(14.0, 14.5, c68=0.1, ess=MIN_RANGE_ESS - 1, n=50),
-            _range(14.5, None, c68=None, c95=None, ess=None, n=0)]
+            _range(14.5, 15.0, c68=None, c95=None, ess=None, n=0)]
     check = mass_range_coverage_verdict(rows)
     assert check["pass"] and [r["range"] for r in check["ranges"]] == ["13.5-14"]
     assert check["skipped"] == [
         {"range": "14-14.5", "n": 50, "ess": MIN_RANGE_ESS - 1, "why": f"effective sample size below {MIN_RANGE_ESS}"},
-        {"range": ">=14.5", "n": 0, "ess": None, "why": "no rows"}]
+        {"range": "14.5-15", "n": 0, "ess": None, "why": "no rows"}]
     nothing = mass_range_coverage_verdict([_range(13.0, 13.5), rows[2]])  # no judged range: nothing shown
     assert not nothing["pass"] and nothing["ranges"] == []
     undefined = mass_range_coverage_verdict([_range(13.5, 14.0, c95=None)])

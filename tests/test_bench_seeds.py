@@ -44,21 +44,21 @@ def _bins(changes: dict[float, tuple[int, float | None, float]]) -> list[dict]:
 
 #: three seeds: overall 68% coverage 0.60 / 0.70 / 0.66 at ESS 100 / 300 / 100 (ESS-weighted 0.672, within 2
 #: points; plain mean 0.653, not); 13-13.5 empty everywhere; 13.5-14 calibrated; 14-14.5 empty in seed 0, 0.60 and
-#: 0.68 at ESS 200 and 600 in the others (0.66); >= 14.5 0.50 / 0.50 / 0.60 at ESS 50 / 50 / 100 (0.55: fails);
+#: 0.68 at ESS 200 and 600 in the others (0.66); 14.5-15 0.50 / 0.50 / 0.60 at ESS 50 / 50 / 100 (0.55: fails);
 #: bin 14.0 biased +0.03 in seeds 0 and 2 (pooled +0.012: passes), bin 14.7 -0.03 in every seed (fails), bin 14.9
 #: empty in seed 0
 SEEDS = {
     0: {"scatter": 0.10, "bias": -0.01, "c68": 0.60, "ess": 100, "ranges": [
         _range(13.0, 13.5), _range(13.5, 14.0, 0.67, 0.95, 1000, 5000), _range(14.0, 14.5),
-        _range(14.5, None, 0.50, 0.90, 50, 200)],
+        _range(14.5, 15.0, 0.50, 0.90, 50, 200), _range(15.0, None)],
         "bins": _bins({14.0: (100, 0.03, 0.01), 14.7: (100, -0.03, 0.005), 14.9: (0, None, None)})},
     1: {"scatter": 0.11, "bias": 0.0, "c68": 0.70, "ess": 300, "ranges": [
         _range(13.0, 13.5), _range(13.5, 14.0, 0.68, 0.95, 1000, 5000), _range(14.0, 14.5, 0.60, 0.94, 200, 400),
-        _range(14.5, None, 0.50, 0.90, 50, 200)],
+        _range(14.5, 15.0, 0.50, 0.90, 50, 200), _range(15.0, None)],
         "bins": _bins({14.0: (300, 0.0, 0.01), 14.7: (100, -0.03, 0.005), 14.9: (40, 0.01, 0.02)})},
     2: {"scatter": 0.12, "bias": 0.01, "c68": 0.66, "ess": 100, "ranges": [
         _range(13.0, 13.5), _range(13.5, 14.0, 0.69, 0.95, 1000, 5000), _range(14.0, 14.5, 0.68, 0.96, 600, 1200),
-        _range(14.5, None, 0.60, 0.92, 100, 300)],
+        _range(14.5, 15.0, 0.60, 0.92, 100, 300), _range(15.0, None)],
         "bins": _bins({14.0: (100, 0.03, 0.01), 14.7: (100, -0.03, 0.005), 14.9: (40, 0.01, 0.02)})},
 }
 
@@ -80,8 +80,9 @@ def test_the_seeds_are_combined_weighted_by_effective_sample_size_and_judged(ben
     assert verdicts["coverage_68_within_2pp"]["pass"] and verdicts["coverage_95_within_2pp"]["pass"]
     assert verdicts["coverage_68_within_2pp"]["plain_mean"] == pytest.approx(0.6533, abs=1e-4)
 
-    low, mid, upper, top = combined["coverage_by_mass_range"]
+    low, mid, upper, top, above = combined["coverage_by_mass_range"]
     assert low["n"] == 0 and low["coverage_68"] is None and low["seeds"] == 0
+    assert above["n"] == 0 and above["seeds"] == 0
     assert mid["coverage_68"] == pytest.approx(0.68) and mid["ess"] == 3000 and mid["n"] == 15000
     assert upper["seeds"] == 2 and upper["n"] == 1600 and upper["ess"] == 800
     assert upper["coverage_68"] == pytest.approx(0.66) and upper["mean_68"] == pytest.approx(0.64)
@@ -89,8 +90,8 @@ def test_the_seeds_are_combined_weighted_by_effective_sample_size_and_judged(ben
     assert upper["uncorrected_68"] == pytest.approx(0.5)
     assert top["coverage_68"] == pytest.approx(0.55) and top["se_68"] == pytest.approx((0.55 * 0.45 / 200) ** 0.5)
     ranges = verdicts["coverage_within_3pp_in_every_mass_range"]
-    assert not ranges["pass"] and ranges["failing_ranges"] == [">=14.5"]
-    assert [r["range"] for r in ranges["ranges"]] == ["13.5-14", "14-14.5", ">=14.5"]
+    assert not ranges["pass"] and ranges["failing_ranges"] == ["14.5-15"]
+    assert [r["range"] for r in ranges["ranges"]] == ["13.5-14", "14-14.5", "14.5-15"]
 
     bins = {b["lo"]: b for b in combined["bias_by_bin"]}
     assert bins[14.0]["bias"] == pytest.approx(6 / 500) and bins[14.0]["n"] == 500
@@ -140,7 +141,7 @@ def test_finished_runs_are_reused_and_the_figures_written(bench, tmp_path, monke
     assert json.loads((tmp_path / "bench-seeds.json").read_text()) == json.loads(json.dumps(doc))
     assert doc["combined"]["coverage"]["68"]["ess_weighted"] == pytest.approx(0.672)
     out = capsys.readouterr().out
-    assert "| ESS-weighted |" in out and "FAIL coverage_within_3pp_in_every_mass_range (failing: >=14.5)" in out
+    assert "| ESS-weighted |" in out and "FAIL coverage_within_3pp_in_every_mass_range (failing: 14.5-15)" in out
     assert "| 14.9-15.0 | 80 | -, +0.010, +0.010 | +0.0100 +- 0.0141 |" in out
     # seed 1's configuration changed (or --fresh): it is run again
     (tmp_path / "seed-1" / "config.toml").write_text(bench.config_text(1, {"train": {"ensemble": 1}}))

@@ -177,14 +177,17 @@ def test_coverage_by_mass_range_on_a_pit_set_of_known_coverage():
     from inference.metrics import COVERAGE_MASS_RANGES, coverage_by_mass_range
 
     # 13.0-13.5: 60 rows in both intervals, 30 in the 95% one only, 10 in none; 13.5-14: 40 rows in both (13.5
-    # itself belongs here); 14-14.5: none; >=14.5: 10 rows in none, one far above 15; 12.9 is in no range
-    true = np.concatenate([np.full(100, 13.2), np.full(40, 13.5), np.full(9, 14.7), [16.0], [12.9]])
-    pit_corr = _pits((60, 0.5), (30, 0.1), (10, 0.0), (40, 0.5), (10, 0.0), (1, 0.5))
+    # itself belongs here); 14-14.5: none; 14.5-15: 10 rows in none; >=15: one row far above 15, covered;
+    # 12.9 is in no range
+    true = np.concatenate([np.full(100, 13.2), np.full(40, 13.5), np.full(10, 14.7), [16.0], [12.9]])
+    pit_corr = _pits((60, 0.5), (30, 0.1), (10, 0.0), (40, 0.5), (10, 0.0), (1, 0.5), (1, 0.5))
     pit_raw = np.full(len(true), 0.5)  # the uncorrected posterior covers everything
     rows = coverage_by_mass_range(true, pit_corr, np.ones(len(true)), pit_raw)
-    assert [(r["lo"], r["hi"]) for r in rows] == [(13.0, 13.5), (13.5, 14.0), (14.0, 14.5), (14.5, None)]
+    assert [(r["lo"], r["hi"]) for r in rows] == [(13.0, 13.5), (13.5, 14.0), (14.0, 14.5), (14.5, 15.0),
+                                                  (15.0, None)]
     assert len(rows) == len(COVERAGE_MASS_RANGES)
-    first, second, empty, top = rows
+    first, second, empty, top, above = rows
+    assert (above["n"], above["coverage_68"]) == (1, 1.0)
     assert (first["n"], first["ess"], first["coverage_68"], first["coverage_95"]) == (100, pytest.approx(100),
                                                                                       pytest.approx(0.6), 0.9)
     assert first["se_68"] == pytest.approx(np.sqrt(0.6 * 0.4 / 100)) and first["se_95"] == pytest.approx(0.03)
@@ -262,3 +265,22 @@ def test_unknown_prior_name():
         priors.resolve("jeffreys", GRID, p_train=np.ones_like(GRID), snapshot=SNAP)
     with pytest.raises(ConfigError, match="needs the snapshot"):
         priors.resolve("tinker08", GRID, p_train=np.ones_like(GRID), snapshot=None)
+
+
+def test_the_headline_coverage_is_over_the_reference_range_and_every_row_is_reported_beside_it():
+    """calibrate's headline numbers (metrics.json coverage_68/95) are over true masses 10^14-10^15 (the reference
+    study's range, as bias and scatter); rows outside it change only the all-masses coverage."""
+    from inference.metrics import DensityPosteriors, calibrate
+
+    theta, pdf = _gaussian_posteriors(4000, 1.0)
+    inside = (theta >= 14.0) & (theta < 15.0)
+    shifted = theta.copy()
+    shifted += np.where(theta < 14.0, -0.5, np.where(theta >= 15.0, 0.5, 0.0))  # the rows outside 10^14-10^15 now
+    # miss their posteriors, and stay outside
+    post = DensityPosteriors(GRID, pdf, {}, pdf, np.zeros_like(GRID), np.ones_like(GRID), "flat")
+    cal = calibrate(shifted, post)
+    reference = calibrate(theta[inside], DensityPosteriors(GRID, pdf[inside], {}, pdf[inside], np.zeros_like(GRID),
+                                                           np.ones_like(GRID), "flat"))
+    assert cal.headline_corrected == pytest.approx(reference.headline_corrected)
+    assert cal.headline_corrected[0] == pytest.approx(0.68, abs=0.03)
+    assert cal.all_masses[0] < cal.headline_corrected[0] - 0.08 and len(cal.weights) == inside.sum()
