@@ -40,7 +40,7 @@ PURE = (
     "models.model", "models.prior", "models.typicality", "models.msigma",
     "models.set_batches", "models.set_encoder", "models.set_training",
     "inference.posterior", "inference.summaries", "inference.calibration", "inference.metrics",
-    "inference.diagnostics", "inference.acceptance", "inference.selection",
+    "inference.diagnostics", "inference.acceptance", "inference.selection", "inference.population",
 )
 #: I/O a core may reach through its imports: a target prior given as a table file (``posterior.prepare``)
 ALLOWED_THROUGH_IMPORTS = frozenset({"inference.priors"})
