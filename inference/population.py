@@ -55,8 +55,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 #: width of the mass-function bins, dex
@@ -332,9 +330,9 @@ def em(components: Any, *, weights: Any = None, start: Any = None, tol: float = 
     if np.any(impossible):
         first = int(np.flatnonzero(impossible.any(axis=1))[0])
         raise ValueError(f"cluster {first} has zero likelihood under every component the model allows")
-    mu_f, steps, converged = _em_loop(jnp.asarray(C, jnp.float32), jnp.asarray(w.T, jnp.float32),
-                                      jnp.asarray(mu, jnp.float32), jnp.float32(tol), jnp.int32(max_iter),
-                                      accelerate=bool(accelerate))
+    mu_f, steps, converged = _em_loop()(np.asarray(C, np.float32), np.asarray(w.T, np.float32),
+                                        np.asarray(mu, np.float32), np.float32(tol), np.int32(max_iter),
+                                        accelerate=bool(accelerate))
     mu = np.asarray(mu_f, dtype=np.float64)
     wt = np.ascontiguousarray(w.T)
     if accelerate:  # a fit taken to its maximum: one more EM update in float64 removes float32's rounding (~1e-4)
@@ -354,63 +352,68 @@ _STEADY = 1e-5
 _BACKTRACK = 30
 
 
-@functools.partial(jax.jit, static_argnames=("accelerate",))
-def _em_loop(C: jax.Array, wt: jax.Array, mu0: jax.Array, tol: jax.Array, max_iter: jax.Array, *,
-             accelerate: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The EM iterations of :func:`em` in one XLA loop (float32; the pool of one thread that
+@functools.cache
+def _em_loop() -> Callable[..., tuple[Any, Any, Any]]:
+    """The EM iterations of :func:`em` as one compiled XLA loop (float32; the pool of one thread that
     ``configure_determinism`` fixes, so the same numbers on any core count): ``C`` (N, K) component likelihoods,
     ``wt`` (N, R) weights, ``mu0`` (R, K) start. Every replicate is updated while it is active; one stops when a
     step (or SQUAREM cycle) raises its ln L by less than ``tol`` (the gain summed as sum_i w_i ln(D_new / D_old) -
     sum_k (mu_new - mu_old), precise in float32 however large ln L is), or when no count moves by more than
-    ``_STEADY`` of itself. Returns the counts (R, K), the steps taken
-    (R,) and whether each replicate stopped by ``tol`` (R,)."""
+    ``_STEADY`` of itself. The jitted function returns the counts (R, K), the steps taken (R,) and whether each
+    replicate stopped by ``tol`` (R,)."""
+    import jax  # here, not at the top: importing this module (the command line's defaults) stays cheap
+    import jax.numpy as jnp
 
-    def step(mu: jax.Array, D: jax.Array) -> tuple[jax.Array, jax.Array]:
-        new = mu * ((wt / jnp.maximum(D, _TINY)).T @ C)
-        new = jnp.where(new < _NEGLIGIBLE, 0.0, new)
-        return new, C @ new.T
+    def loop(C: jax.Array, wt: jax.Array, mu0: jax.Array, tol: jax.Array, max_iter: jax.Array, *,
+             accelerate: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+        def step(mu: jax.Array, D: jax.Array) -> tuple[jax.Array, jax.Array]:
+            new = mu * ((wt / jnp.maximum(D, _TINY)).T @ C)
+            new = jnp.where(new < _NEGLIGIBLE, 0.0, new)
+            return new, C @ new.T
 
-    def gain(mu_a: jax.Array, D_a: jax.Array, mu_b: jax.Array, D_b: jax.Array) -> jax.Array:
-        ratio = jnp.maximum(D_b, _TINY) / jnp.maximum(D_a, _TINY)
-        return (wt * jnp.log(ratio)).sum(axis=0) - (mu_b - mu_a).sum(axis=1)
+        def gain(mu_a: jax.Array, D_a: jax.Array, mu_b: jax.Array, D_b: jax.Array) -> jax.Array:
+            ratio = jnp.maximum(D_b, _TINY) / jnp.maximum(D_a, _TINY)
+            return (wt * jnp.log(ratio)).sum(axis=0) - (mu_b - mu_a).sum(axis=1)
 
-    def squarem(mu0: jax.Array, D0: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mu1, D1 = step(mu0, D0)
-        mu2, D2 = step(mu1, D1)
-        r, v = mu1 - mu0, mu2 - 2 * mu1 + mu0
-        norm_v = jnp.linalg.norm(v, axis=1)
-        alpha = -jnp.linalg.norm(r, axis=1) / jnp.where(norm_v > 0, norm_v, 1.0)
-        alpha = jnp.where(norm_v > 0, jnp.minimum(alpha, -1.0), -1.0)
-        # the lengths alpha, (alpha - 1) / 2, ... (halving the distance to -1, the plain double update): the first
-        # that keeps every count that was positive positive and none negative
-        alphas = -1.0 + (alpha[None, :] + 1.0) / 2.0 ** jnp.arange(_BACKTRACK)[:, None]  # (B, R)
-        cand = mu0[None] - 2 * alphas[..., None] * r[None] + alphas[..., None] ** 2 * v[None]  # (B, R, K)
-        ok = jnp.all((cand >= 0) & ((cand > 0) | (mu0[None] == 0)), axis=2)
-        first = jnp.argmax(ok, axis=0)
-        chosen = jnp.take_along_axis(cand, first[None, :, None], axis=0)[0]
-        chosen = jnp.where(ok.any(axis=0)[:, None], chosen, mu2)
-        mu3, D3 = step(chosen, C @ chosen.T)
-        better = gain(mu2, D2, mu3, D3) >= 0  # else keep the plain double update, which cannot lower ln L
-        return jnp.where(better[:, None], mu3, mu2), jnp.where(better[None, :], D3, D2)
+        def squarem(mu0: jax.Array, D0: jax.Array) -> tuple[jax.Array, jax.Array]:
+            mu1, D1 = step(mu0, D0)
+            mu2, D2 = step(mu1, D1)
+            r, v = mu1 - mu0, mu2 - 2 * mu1 + mu0
+            norm_v = jnp.linalg.norm(v, axis=1)
+            alpha = -jnp.linalg.norm(r, axis=1) / jnp.where(norm_v > 0, norm_v, 1.0)
+            alpha = jnp.where(norm_v > 0, jnp.minimum(alpha, -1.0), -1.0)
+            # the lengths alpha, (alpha - 1) / 2, ... (halving the distance to -1, the plain double update): the first
+            # that keeps every count that was positive positive and none negative
+            alphas = -1.0 + (alpha[None, :] + 1.0) / 2.0 ** jnp.arange(_BACKTRACK)[:, None]  # (B, R)
+            cand = mu0[None] - 2 * alphas[..., None] * r[None] + alphas[..., None] ** 2 * v[None]  # (B, R, K)
+            ok = jnp.all((cand >= 0) & ((cand > 0) | (mu0[None] == 0)), axis=2)
+            first = jnp.argmax(ok, axis=0)
+            chosen = jnp.take_along_axis(cand, first[None, :, None], axis=0)[0]
+            chosen = jnp.where(ok.any(axis=0)[:, None], chosen, mu2)
+            mu3, D3 = step(chosen, C @ chosen.T)
+            better = gain(mu2, D2, mu3, D3) >= 0  # else keep the plain double update, which cannot lower ln L
+            return jnp.where(better[:, None], mu3, mu2), jnp.where(better[None, :], D3, D2)
 
-    def body(state: tuple) -> tuple:
-        mu, D, steps, active, k = state
-        new, D_new = squarem(mu, D) if accelerate else step(mu, D)
-        # stopped by the tolerance, or by counts that no longer change beyond float32 rounding (where the gain is
-        # rounding noise, ~1e-4 nats for 10^4 clusters)
-        steady = jnp.all(jnp.abs(new - mu) <= _STEADY * jnp.maximum(mu, 1.0), axis=1)
-        done = (gain(mu, D, new, D_new) < tol) | steady
-        mu = jnp.where(active[:, None], new, mu)
-        D = jnp.where(active[None, :], D_new, D)
-        return mu, D, steps + active, active & ~done, k + 1
+        def body(state: tuple) -> tuple:
+            mu, D, steps, active, k = state
+            new, D_new = squarem(mu, D) if accelerate else step(mu, D)
+            # stopped by the tolerance, or by counts that no longer change beyond float32 rounding (where the gain is
+            # rounding noise, ~1e-4 nats for 10^4 clusters)
+            steady = jnp.all(jnp.abs(new - mu) <= _STEADY * jnp.maximum(mu, 1.0), axis=1)
+            done = (gain(mu, D, new, D_new) < tol) | steady
+            mu = jnp.where(active[:, None], new, mu)
+            D = jnp.where(active[None, :], D_new, D)
+            return mu, D, steps + active, active & ~done, k + 1
 
-    def cond(state: tuple) -> jax.Array:
-        return state[3].any() & (state[4] < max_iter)
+        def cond(state: tuple) -> jax.Array:
+            return state[3].any() & (state[4] < max_iter)
 
-    r = mu0.shape[0]
-    state = (mu0, C @ mu0.T, jnp.zeros(r, jnp.int32), jnp.ones(r, bool), jnp.int32(0))
-    mu, _, steps, active, _ = jax.lax.while_loop(cond, body, state)
-    return mu, steps, ~active
+        r = mu0.shape[0]
+        state = (mu0, C @ mu0.T, jnp.zeros(r, jnp.int32), jnp.ones(r, bool), jnp.int32(0))
+        mu, _, steps, active, _ = jax.lax.while_loop(cond, body, state)
+        return mu, steps, ~active
+
+    return jax.jit(loop, static_argnames=("accelerate",))
 
 
 def _ll(wt: np.ndarray, D: np.ndarray, mu: np.ndarray) -> np.ndarray:
