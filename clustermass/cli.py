@@ -254,8 +254,41 @@ def _add_run(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def _add_population(sub: Any) -> None:
+    from inference.population import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED, FIT_RANGE, WITHIN_BIN_SHAPES
+
+    p = sub.add_parser(
+        "population",
+        help="the mass function of a catalog's clusters from their likelihoods: binned counts (EM deconvolution, "
+             "bootstrap errors) and a Tinker08 amplitude, with DIR/population.json and DIR/population.png",
+        description="Reads a posterior catalog (HDF5 or FITS, with its grid and the priors its PDFs were made under), "
+                    "keeps one line of sight per host (the lowest los index), forms each cluster's likelihood "
+                    "L_i = p_i / target prior, and recovers the number of clusters per 0.1 dex of true log10 M200c "
+                    "[Msun/h] by EM deconvolution, the amplitude A of the Tinker et al. (2008) mass function over "
+                    "--fit-range (needs a volume), and the naive histogram of posterior modes; with the true "
+                    "counts and issue 20's acceptance checks when the catalog has log10_m200c_true (mocks).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("catalog", type=Path, help="posterior catalog (.h5/.hdf5 or .fits)")
+    p.add_argument("--out", type=Path, required=True, help="directory for population.json and population.png")
+    p.add_argument("--volume", type=float, default=None,
+                   help="comoving volume the catalog's hosts come from, (Mpc/h)^3: the box volume times the fraction "
+                        "of its hosts in the catalog (default: the catalog provenance's 'volume'; without one the "
+                        "amplitude is skipped)")
+    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPLICATES, help="bootstrap replicates (clusters "
+                   "resampled with replacement)")
+    p.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help="seed of the bootstrap")
+    p.add_argument("--fit-range", type=float, nargs=2, default=list(FIT_RANGE), metavar=("LO", "HI"),
+                   help="log10 M200c [Msun/h] range of the amplitude fit and of the acceptance checks (bin edges)")
+    p.add_argument("--within-bin", choices=list(WITHIN_BIN_SHAPES), default=WITHIN_BIN_SHAPES[0],
+                   help="shape of the mass function inside each 0.1-dex bin: Tinker08 times the selection (needs "
+                        "the catalog's snapshot), or flat")
+    p.set_defaults(func=cmd_population)
+
+
 #: the sub-commands in the order ``clustermass --help`` lists them, each added by its own function
-_COMMANDS = (_add_synth, _add_inspect, _add_observe, _add_train, _add_infer, _add_validate, _add_query, _add_run)
+_COMMANDS = (_add_synth, _add_inspect, _add_observe, _add_train, _add_infer, _add_validate, _add_query,
+             _add_population, _add_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -732,6 +765,58 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(next(note for note in s["notes"] if note.startswith("answered by the set model")))
     if args.plot is not None:
         print(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_population(args: argparse.Namespace) -> int:
+    from catalogs.population import check_options, population
+
+    options = {"volume": args.volume, "bootstrap": args.bootstrap, "seed": args.seed,
+               "fit_range": tuple(args.fit_range), "within_bin": args.within_bin}
+    check_options(**options)  # before anything is read
+    _check_out(args)
+    s = population(args.catalog, args.out, **options)
+    edges, inside = s["bins"]["edges"], s["bins"]["in_fit_range"]
+    print(f"{s['catalog']}: {s['clusters']} clusters (one line of sight per host; {s['rows']} rows, "
+          f"{s['rows_unusable']} unusable); EM {s['em']['iterations']} steps, {s['bootstrap']['replicates']} "
+          f"bootstrap replicates")
+    true = s["true"]
+    head = f"{'log10 M200c':>13s}  {'recovered':>15s}  {'modes':>6s}"
+    print(head + (f"  {'true':>6s}  {'pull':>6s}" if true else ""))
+    for b, ok in enumerate(inside):
+        if not ok:
+            continue
+        rec, sd, mode = s["recovered"]["counts"][b], s["recovered"]["sd"][b], s["naive_modes"]["counts"][b]
+        line = f"{edges[b]:6.2f}-{edges[b + 1]:5.2f}  {rec:8.1f} ± {sd:5.1f}  {mode:6.0f}"
+        if true:
+            pull = s["acceptance"]["recovered_counts"]["pulls"][sum(inside[:b])]
+            line += f"  {true['counts'][b]:6.0f}  {pull:+6.2f}"
+        print(line)
+    amp = s["amplitude"]
+    if "hierarchical" in amp:
+        h = amp["hierarchical"]
+        text = f"Tinker08 amplitude over {s['fit_range'][0]:g}-{s['fit_range'][1]:g}: A = {h['A']:.4f} ± {h['se']:.4f}"
+        if "true" in amp:
+            text += f" (true masses {amp['true']['A']:.4f} ± {amp['true']['se']:.4f}"
+        text += f"; naive modes {amp['naive_modes']['A']:.4f}" + (")" if "true" in amp else "")
+        print(text)
+    else:
+        print(f"amplitude skipped: {amp['skipped']}")
+    checks = s["acceptance"]
+    if "skipped" not in checks:
+        for name, check in (*checks["recovered_counts"].items(), ("amplitude_within_1se_of_true",
+                                                                   checks.get("amplitude_within_1se_of_true"))):
+            if isinstance(check, dict) and "pass" in check:
+                print(f"  {'PASS' if check['pass'] else 'FAIL'}  {name}")
+        naive = checks["naive_mode_histogram"]
+        rms, worst = naive["pull_rms_at_most_1.5"]["value"], naive["every_bin_within_2sd"]["max_abs_pull"]
+        print(f"  naive mode histogram {'misses' if naive['misses'] else 'does not miss'}: pull rms {rms:.2f}, "
+              f"max |pull| {worst:.2f}")
+    for note in s["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"summary: {s['outputs']['summary']}")
+    print(f"plot:    {s['outputs']['plot']}")
+    print(f"time:    {s['seconds']:.1f} s")
     return 0
 
 
