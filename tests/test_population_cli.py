@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from test_catalog_priors import readme_example
 from test_catalogs import make_columns
 
 from catalogs import CatalogError, read_catalog, write_catalog
@@ -240,3 +241,22 @@ def test_help_names_the_command_and_its_defaults(capsys):
     for text in ("--volume VOLUME", "(Mpc/h)^3", "--bootstrap BOOTSTRAP", "(default: 200)", "--fit-range LO HI",
                  "(default: [14.0, 15.0])", "--within-bin {tinker08,flat}", "(default: tinker08)"):
         assert text in out, text
+
+
+def test_the_readme_example_calls_the_population_inference_as_the_command_does(mock, tmp_path, monkeypatch, capsys):
+    """README's "Using the catalog in a cosmology analysis" example, run on the mock catalog as FITS, gives what
+    ``clustermass population`` computes from the same rows (same bootstrap seed and replicates)."""
+    _, cols, _, _ = mock
+    (tmp_path / "run").mkdir()
+    path = write_catalog(tmp_path / "run" / "catalog.fits", cols, GRID, provenance(), priors=priors())
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), scope)
+    out = capsys.readouterr().out
+    flat = population_summary(path, bootstrap=100, seed=1, within_bin="flat", volume=SNAPSHOT.box_size**3 * 0.25)
+    assert f"{flat['clusters']} clusters, target prior flat" in out and "Tinker08 amplitude" in out
+    np.testing.assert_allclose(scope["counts"].counts, flat["recovered"]["counts"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(scope["counts"].sd, flat["recovered"]["sd"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(scope["modes"].counts, flat["naive_modes"]["counts"])
+    assert scope["amp"].amplitude == pytest.approx(flat["amplitude"]["hierarchical"]["A"], rel=1e-6)
+    assert scope["amp"].se == pytest.approx(flat["amplitude"]["hierarchical"]["se"], rel=1e-6)
