@@ -50,7 +50,8 @@ SLOWEST_MODULES_FIRST = ("test_pipeline_flow.py", "test_models.py", "test_query.
                          "test_set_model.py", "test_bayes.py", "test_query_set.py", "test_flow.py",
                          "test_synth_io.py", "test_synth_physics.py", "test_flow_trust.py", "test_centring.py",
                          "test_inference.py", "test_set_model_io.py", "test_realism.py", "test_determinism.py",
-                         "test_cli.py", "test_galaxy_physics.py", "test_disk_full.py", "test_posterior_validity.py")
+                         "test_cli.py", "test_galaxy_physics.py", "test_disk_full.py", "test_posterior_validity.py",
+                         "test_population_cli.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
