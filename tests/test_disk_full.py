@@ -325,7 +325,8 @@ def test_observe_on_a_real_full_disk(small_disk, tiny_box, tmp_path, size):
     disk = small_disk(size)
     proc = subprocess.run([sys.executable, "-m", "clustermass", "observe", "--halos", str(tiny_box / "halos.h5"),
                            "--galaxies", str(tiny_box / "galaxies.h5"), "--out", str(disk / "obs"), "--quiet",
-                           "--regions", "2", "--min-members", "3"], capture_output=True, text=True, timeout=300)
+                           "--regions", "2", "--min-members", "3", "--host-log10-m200c-min", "13.5"],
+                          capture_output=True, text=True, timeout=300)  # the disk sizes fit the hosts above 10^13.5
     target = "observations" if size == "40k" else "members.h5"
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr == f"error: {disk / 'obs' / target}: no space left on device\n" and proc.stdout == ""

@@ -127,8 +127,9 @@ def test_validate_scores_the_set_models_beside_the_flows(validated):
     flow, dyn_set = metrics["dynamics_thinned"], metrics["dynamics_thinned_set"]
     assert flow["completeness"] == dyn_set["completeness"] == 0.4
     for thinned in (flow, dyn_set):  # the coverage ranges the thinned rows (from 10^13.9 up) cover whole
-        assert [(r["lo"], r["hi"]) for r in thinned["coverage_by_mass_range"]] == [(14.0, 14.5), (14.5, None)]
-    assert len(metrics["coverage_by_mass_range"]) == 4
+        assert [(r["lo"], r["hi"]) for r in thinned["coverage_by_mass_range"]] == [(14.0, 14.5), (14.5, 15.0),
+                                                                                   (15.0, None)]
+    assert len(metrics["coverage_by_mass_range"]) == 5
     assert flow["n"] == dyn_set["n"] > 0  # the same thinned lists for both models
     verdicts = metrics["acceptance"]
     for name in ("dynamics_model_on_members_thinned_to_40pc", "dynamics_set_model_on_members_thinned_to_40pc",
