@@ -185,7 +185,9 @@ def population_summary(path: str | os.PathLike[str], *, volume: float | None = N
     shape = mass_function if within_bin == "tinker08" and snapshot is not None else selection
     weights = pop.bootstrap_weights(len(rows), bootstrap, seed)
     bin_like = pop.bin_likelihoods(like, grid, edges, shape)
-    binned = pop.binned_counts(bin_like, edges, bootstrap=weights)
+    # smoothed toward the within-bin shape's own mass function (Tinker08 times the selection), so the selection's
+    # steps (the balanced bins) are not smoothed away
+    binned = pop.binned_counts(bin_like, edges, bootstrap=weights, reference=pop.shape_integrals(edges, shape))
     modes = np.asarray(table["log10_m200c_mode"], dtype=np.float64)[rows]
     naive = pop.histogram(modes, edges, bootstrap=weights)
 
@@ -212,7 +214,9 @@ def population_summary(path: str | os.PathLike[str], *, volume: float | None = N
         "volume": vol,
         "volume_source": vol_source if vol is not None else None,
         "bootstrap": {"replicates": int(bootstrap), "seed": int(seed)},
-        "em": {"tolerance_nats_per_step": pop.EM_TOLERANCE, "iterations": int(binned.fit.iterations[0]),
+        "em": {"method": f"smoothed EM (EMS, Silverman et al. 1990), smoothing {pop.EMS_SMOOTHING:g} of ln(counts / "
+                         "within-bin shape integral) toward its neighbours; stopped when the counts stop moving",
+               "iterations": int(binned.fit.iterations[0]),
                "converged": bool(binned.fit.converged[0]),
                "replicate_iterations_median": float(np.median(binned.fit.iterations[1:]))},
         "recovered": _counts(binned),
