@@ -56,7 +56,8 @@ def run_catalogs(tmp_path_factory):
     offsets, r, v, m, mass = toy_clusters(8, seed=5)
     table = pd.DataFrame(compute_features(offsets, r, v, m, r_aperture=R_APERTURE))
     table["cluster_id"], table["los"], table["log10_m200c_true"] = np.arange(8), 0, mass
-    paths = catalog_stage(table, models, root / "cat", prior="flat", snapshot=SNAPSHOT)
+    paths = catalog_stage(table, models, root / "cat", prior="flat", snapshot=SNAPSHOT,
+                          sample={"volume": 2.0e6, "selection": '{"edges": [13.0], "fraction": []}'})
     return models, paths
 
 

@@ -248,12 +248,13 @@ def test_the_readme_example_calls_the_population_inference_as_the_command_does(m
     ``clustermass population`` computes from the same rows (same bootstrap seed and replicates)."""
     _, cols, _, _ = mock
     (tmp_path / "run").mkdir()
-    path = write_catalog(tmp_path / "run" / "catalog.fits", cols, GRID, provenance(), priors=priors())
+    path = write_catalog(tmp_path / "run" / "catalog.fits", cols, GRID, provenance(volume=VOLUME), priors=priors())
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(readme_example(), "README.md", "exec"), scope)
     out = capsys.readouterr().out
-    flat = population_summary(path, bootstrap=100, seed=1, within_bin="flat", volume=SNAPSHOT.box_size**3 * 0.25)
+    flat = population_summary(path, bootstrap=100, seed=1, within_bin="flat")  # the volume of the provenance
+    assert scope["volume"] == flat["volume"] == VOLUME
     assert f"{flat['clusters']} clusters, target prior flat" in out and "Tinker08 amplitude" in out
     np.testing.assert_allclose(scope["counts"].counts, flat["recovered"]["counts"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(scope["counts"].sd, flat["recovered"]["sd"], rtol=1e-6, atol=1e-6)

@@ -198,7 +198,8 @@ def test_validation_counts_held_out_rows_without_a_posterior(models, monkeypatch
     assert metrics["acceptance"]["every_held_out_row_has_a_posterior"] == {"pass": False, "n_invalid": 1}
     ranges = metrics["coverage_by_mass_range"]  # issue 20: every range reported, the invalid row among its misses
     true = table["log10_m200c_true"].to_numpy()
-    assert [(r["lo"], r["hi"]) for r in ranges] == [(13.0, 13.5), (13.5, 14.0), (14.0, 14.5), (14.5, 15.0), (15.0, None)]
+    assert [(r["lo"], r["hi"]) for r in ranges] == [(13.0, 13.5), (13.5, 14.0), (14.0, 14.5), (14.5, 15.0),
+                                                    (15.0, None)]
     assert [r["n"] for r in ranges] == [int(((true >= lo) & (true < (hi or np.inf))).sum()) for lo, hi in
                                         ((r["lo"], r["hi"]) for r in ranges)]
     assert "pass" in metrics["acceptance"]["coverage_within_3pp_in_every_mass_range"]
