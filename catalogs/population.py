@@ -41,7 +41,7 @@ from inference import population as pop
 from inference.diagnostics import FLAGS
 from inference.priors import tinker08
 from pipeline.errors import ConfigError
-from pipeline.files import atomic_output, write_json
+from pipeline.files import write_json
 from pipeline.snapshot import Snapshot
 
 SUMMARY_FILE = "population.json"
@@ -351,13 +351,9 @@ def write_plot(summary: Mapping[str, Any], out: str | os.PathLike[str]) -> Path:
     axes[1][0].set_ylabel("pull (clipped at ±6)")
     fig.suptitle(f"{Path(summary['catalog']).name}: {summary['clusters']} clusters (one line of sight each)",
                  fontsize=9)
-    path = Path(out) / PLOT_FILE
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    from inference.plots import save_figure
+
+    return save_figure(fig, Path(out) / PLOT_FILE)
 
 
 def population(path: str | os.PathLike[str], out: str | os.PathLike[str], **options: Any) -> dict[str, Any]:

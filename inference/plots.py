@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.files import atomic_output
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Write ``fig`` to ``path`` (PNG) whole or not at all (:func:`pipeline.files.atomic_output`: a failure such as
     a full disk removes the temporary and is one line naming ``path``); the figure is closed either way."""
     try:
@@ -36,7 +36,7 @@ def predicted_vs_true(true: np.ndarray, estimates: dict[str, np.ndarray], path: 
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(r"true $\log_{10} M_{200c}$ [$h^{-1} M_\odot$]")
     axes[0][0].set_ylabel(r"estimated $\log_{10} M_{200c}$")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bias_scatter_by_bin(by_method: dict[str, list[dict]], path: Path) -> Path:
@@ -56,7 +56,7 @@ def bias_scatter_by_bin(by_method: dict[str, list[dict]], path: Path) -> Path:
     a2.set_ylabel("scatter [dex]")
     a2.set_xlabel(r"true $\log_{10} M_{200c}$ [$h^{-1} M_\odot$]")
     a1.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def coverage_curve(levels: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> Path:
@@ -67,7 +67,7 @@ def coverage_curve(levels: np.ndarray, curves: dict[str, np.ndarray], path: Path
     ax.set_xlabel("credible level")
     ax.set_ylabel("coverage")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pit_histograms(hists: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
@@ -78,7 +78,7 @@ def pit_histograms(hists: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) 
     ax.set_xlabel("PIT")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def example_posteriors(grid: np.ndarray, pdfs: np.ndarray, raw: np.ndarray, true: np.ndarray, path: Path) -> Path:
@@ -90,7 +90,7 @@ def example_posteriors(grid: np.ndarray, pdfs: np.ndarray, raw: np.ndarray, true
         ax.axvline(t, color="k", lw=0.8)
         ax.set_xlabel(r"$\log_{10} M_{200c}$")
     axes[0][0].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def query_posterior(grid: np.ndarray, pdf: np.ndarray, summary: dict[str, Any], path: Path) -> Path:
@@ -110,4 +110,4 @@ def query_posterior(grid: np.ndarray, pdf: np.ndarray, summary: dict[str, Any], 
     inputs = s.get("model_inputs", "") + (" set" if s.get("model_kind") == "set" else "")  # the family, if set
     ax.set_title(f"{s['n_members']} members, {inputs} model, prior {s['prior']}; {flags}", fontsize=8)
     ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

@@ -96,14 +96,19 @@ def _finite(name: str, values: np.ndarray) -> None:
         raise ValueError(f"{name} must be finite; found {int(np.sum(~np.isfinite(values)))} values that are not")
 
 
+def _increasing(name: str, values: Any) -> np.ndarray:
+    """``values`` as a 1-D float64 array of at least 2 finite, strictly increasing values (``name`` in errors)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) < 2:
+        raise ValueError(f"{name} must be 1-D with at least 2 values, got shape {v.shape}")
+    _finite(name, v)
+    if not np.all(np.diff(v) > 0):
+        raise ValueError(f"{name} must be strictly increasing")
+    return v
+
+
 def _grid(grid: Any) -> np.ndarray:
-    g = np.asarray(grid, dtype=np.float64)
-    if g.ndim != 1 or len(g) < 2:
-        raise ValueError(f"the grid must be 1-D with at least 2 points, got shape {g.shape}")
-    _finite("the grid", g)
-    if not np.all(np.diff(g) > 0):
-        raise ValueError("the grid must be strictly increasing")
-    return g
+    return _increasing("the grid", grid)
 
 
 def likelihoods(pdf: Any, prior: Any, grid: Any, *, floor: float = PRIOR_FLOOR) -> np.ndarray:
@@ -155,13 +160,7 @@ def bin_edges(grid: Any, width: float = BIN_WIDTH) -> np.ndarray:
 
 
 def _edges(edges: Any) -> np.ndarray:
-    e = np.asarray(edges, dtype=np.float64)
-    if e.ndim != 1 or len(e) < 2:
-        raise ValueError(f"bin edges must be 1-D with at least 2 values, got shape {e.shape}")
-    _finite("the bin edges", e)
-    if not np.all(np.diff(e) > 0):
-        raise ValueError("bin edges must be strictly increasing")
-    return e
+    return _increasing("the bin edges", edges)
 
 
 def _shape_values(shape: Shape | None, x: np.ndarray) -> np.ndarray:
