@@ -259,13 +259,13 @@ def _add_population(sub: Any) -> None:
 
     p = sub.add_parser(
         "population",
-        help="the mass function of a catalog's clusters from their likelihoods: binned counts (EM deconvolution, "
+        help="the mass function of a catalog's clusters from their likelihoods: binned counts (smoothed EM, "
              "bootstrap errors) and a Tinker08 amplitude, with DIR/population.json and DIR/population.png",
         description="Reads a posterior catalog (HDF5 or FITS, with its grid and the priors its PDFs were made under), "
                     "keeps one line of sight per host (the lowest los index), forms each cluster's likelihood "
                     "L_i = p_i / target prior, and recovers the number of clusters per 0.1 dex of true log10 M200c "
-                    "[Msun/h] by EM deconvolution, the amplitude A of the Tinker et al. (2008) mass function over "
-                    "--fit-range (needs a volume), and the naive histogram of posterior modes; with the true "
+                    "[Msun/h] by smoothed EM deconvolution, the amplitude A of the Tinker et al. (2008) mass function "
+                    "over --fit-range (needs a volume), and the naive histogram of posterior modes; with the true "
                     "counts and issue 20's acceptance checks when the catalog has log10_m200c_true (mocks).",
         formatter_class=_HelpFormatter,
     )
