@@ -119,7 +119,7 @@ def test_a_run_with_a_set_model_answers_with_it_and_says_so(run_models, tmp_path
     out = _query(capsys, "--model", str(run_models), "--members", str(path))
     assert "answered by the set model" in out and f"model {run_models / 'set'} (full" in out
     titles = []
-    monkeypatch.setattr(plots, "_save", lambda fig, p: titles.append(fig.axes[0].get_title()) or p)
+    monkeypatch.setattr(plots, "save_figure", lambda fig, p: titles.append(fig.axes[0].get_title()) or p)
     for model, what in ((run_models, "full set model"), (flow_only, "full model")):
         _query(capsys, "--model", str(model), "--members", str(path), "--plot", str(tmp_path / "p.png"))
         assert f"members, {what}, prior flat" in titles[-1]
