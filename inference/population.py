@@ -656,9 +656,14 @@ def amplitude_check(hier: float, hier_se: float | None, true: float) -> dict[str
 
 def step_selection(edges: Sequence[float], fraction: Sequence[float]) -> Shape:
     """The selection S(M) of a table of kept fractions: ``fraction[k]`` for edges[k] <= M < edges[k+1] (log10
-    M200c [Msun/h]), 0 below the first edge and 1 from the last. Raises ``ValueError`` for a table that is not
-    one fraction in [0, 1] per bin between increasing finite edges."""
-    e = _edges(edges)
+    M200c [Msun/h]), 0 below the first edge and 1 from the last; a single edge and no fraction is a plain mass cut
+    (what a run's catalog records when no host was subsampled, :func:`catalogs.stage.catalog_sample`). Raises
+    ``ValueError`` for a table that is not one fraction in [0, 1] per bin between increasing finite edges."""
+    e = np.atleast_1d(np.asarray(edges, dtype=np.float64))
+    e = _edges(e) if len(e) != 1 else e
+    if e.ndim != 1 or len(e) < 1:
+        raise ValueError(f"the selection edges must be 1-D with at least 1 value, got shape {e.shape}")
+    _finite("the selection edges", e)
     f = np.asarray(fraction, dtype=np.float64)
     if f.shape != (len(e) - 1,):
         raise ValueError(f"expected {len(e) - 1} fractions for {len(e)} edges, got {f.shape}")

@@ -203,6 +203,8 @@ def test_the_checks_are_computed_from_the_numbers():
 
 
 def test_selection_is_a_step_table():
+    cut = pop.step_selection([13.0], [])  # a plain mass cut: a run's catalog without subsampled hosts
+    np.testing.assert_array_equal(cut(np.array([12.9, 13.0, 15.0])), [0.0, 1.0, 1.0])
     s = pop.step_selection([13.0, 13.5, 14.0], [0.2, 0.7])
     np.testing.assert_array_equal(s(np.array([12.9, 13.0, 13.49, 13.5, 13.99, 14.0, 15.0])),
                                   [0.0, 0.2, 0.2, 0.7, 0.7, 1.0, 1.0])

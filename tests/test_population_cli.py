@@ -261,3 +261,17 @@ def test_the_readme_example_calls_the_population_inference_as_the_command_does(m
     np.testing.assert_array_equal(scope["modes"].counts, flat["naive_modes"]["counts"])
     assert scope["amp"].amplitude == pytest.approx(flat["amplitude"]["hierarchical"]["A"], rel=1e-6)
     assert scope["amp"].se == pytest.approx(flat["amplitude"]["hierarchical"]["se"], rel=1e-6)
+
+
+def test_a_run_catalog_whose_hosts_were_not_subsampled_records_a_plain_cut_and_is_read(tmp_path):
+    """A run without balanced bins (or observations written before them) records the host cut alone as its
+    selection (catalogs.stage.catalog_sample): one edge and no fraction, read as S = 0 below it and 1 above."""
+    from catalogs.stage import catalog_sample
+
+    meta = {"config": {"cylinder": {"host_log10_m200c_min": 13.5}}, "snapshot": {"box_size": 300.0}}
+    sample = catalog_sample(meta, np.arange(4), np.ones(4, bool))
+    cols, _ = mock_columns(seed=2)
+    path = write_catalog(tmp_path / "cat.h5", cols, GRID, provenance(**sample), priors=priors())
+    s = population_summary(path, bootstrap=10)
+    assert s["selection"] == {"edges": [13.5], "fraction": []} and s["volume"] == VOLUME
+    assert s["amplitude"]["hierarchical"]["A"] > 0
