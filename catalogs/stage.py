@@ -20,6 +20,7 @@ import pandas as pd
 
 from catalogs.fits import FITSCatalogWriter
 from catalogs.hdf5 import HDF5CatalogWriter
+from features.balance import every_host
 from features.members import Members
 from features.sets import CODES, INPUTS, NEEDS_COMPLETE_SAMPLE
 from inference.diagnostics import edge_mass, flag_bits
@@ -71,7 +72,7 @@ def catalog_sample(meta: dict[str, Any], cluster_id: np.ndarray, keep: np.ndarra
     every row of the observation table; ``keep``: which rows the catalog holds.
     """
     cut = float(meta["config"]["cylinder"]["host_log10_m200c_min"])
-    host_selection = meta.get("host_selection") or {"edges": [], "fraction": []}
+    host_selection = meta.get("host_selection") or every_host()
     edges = [float(e) for e in host_selection["edges"]] or [cut]
     hosts = np.unique(np.asarray(cluster_id))
     in_catalog = np.unique(np.asarray(cluster_id)[np.asarray(keep, bool)])

@@ -12,9 +12,10 @@ h^-1 Msun), every ``bin_width``-dex bin keeps at most as many hosts as the bin `
 fewer than :data:`MIN_CAP` hosts per bin. Bins are
 anchored at ``below``. Which hosts are kept is a pure function of (seed, host id): the hosts with the smallest
 :func:`features.centring.hash_uniforms` draws of each bin, so the same host is kept whatever subset of the
-catalog is observed, and the selection function of the kept sample is known exactly: the kept fraction of each bin
-(:func:`keep_fraction`), 1 at and above ``below``. A catalog built from such a sample records it (its provenance
-``selection``), so a population analysis can divide it out (:mod:`inference.population`).
+catalog is observed, and the selection function of the kept sample is known exactly: the kept fraction of each bin,
+returned with the mask (:func:`balanced_hosts`), 1 at and above ``below``. A catalog built from such a sample
+records it (its provenance ``selection``), so a population analysis can divide it out
+(:func:`inference.population.step_selection`).
 
 Units: log10 M200c in dex of h^-1 Msun.
 """
@@ -66,6 +67,11 @@ class BalanceSpec:
         return asdict(self)
 
 
+def every_host() -> dict:
+    """The selection record of a sample that kept every host above its cut: no capped bin."""
+    return {"edges": [], "fraction": []}
+
+
 def bin_index(log10_m: np.ndarray, spec: BalanceSpec) -> np.ndarray:
     """Index of each mass's balancing bin, counted down from ``below``: 0 is ``[below - w, below)``, -1 the
     reference bin ``[below, below + w)``; masses at or above ``below + w`` get -2 (never capped)."""
@@ -88,7 +94,7 @@ def balanced_hosts(log10_m: np.ndarray, host_id: np.ndarray, spec: BalanceSpec, 
     host_id = np.asarray(host_id, dtype=np.int64)
     keep = np.ones(len(log10_m), dtype=bool)
     if not spec.enabled or not len(log10_m) or spec.below is None or spec.below <= log10_m_min:
-        return keep, {"edges": [], "fraction": []}
+        return keep, every_host()
     below, w = spec.below, spec.bin_width
     k = bin_index(log10_m, spec)
     cap = max(int(np.count_nonzero(k == -1)), MIN_CAP)
@@ -106,15 +112,3 @@ def balanced_hosts(log10_m: np.ndarray, host_id: np.ndarray, spec: BalanceSpec, 
         fraction.append(min(1.0, allowed / len(rows)) if len(rows) else 1.0)
     edges.append(below)
     return keep, {"edges": [round(e, 9) for e in edges], "fraction": fraction}
-
-
-def selection_at(log10_m: np.ndarray, selection: dict, log10_m_min: float) -> np.ndarray:
-    """The probability that a host of true mass ``log10_m`` [log10 h^-1 Msun] is in a balanced sample whose
-    ``selection`` :func:`balanced_hosts` returned: 0 below the host cut ``log10_m_min``, the bin's kept fraction in a
-    capped bin, 1 above."""
-    m = np.asarray(log10_m, dtype=np.float64)
-    out = np.where(m < log10_m_min, 0.0, 1.0)
-    edges, frac = selection.get("edges", []), selection.get("fraction", [])
-    for lo, hi, f in zip(edges[:-1], edges[1:], frac, strict=True):
-        out = np.where((m >= lo) & (m < hi), f, out)
-    return out

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.balance import every_host
 from features.cylinder import ObservationSpec
 from features.definitions import FEATURES
 from features.members import MEMBER_COLUMNS, Members
@@ -141,7 +142,7 @@ def load_plan(directory: str | os.PathLike[str]) -> ObservationPlan:
     config = ObservationSpec.from_dict(payload["config"])
     hosts = pq.read_table(d / HOSTS_FILE).to_pandas()
     jobs = tuple(RegionJob(**j) for j in payload["jobs"])
-    selection = payload.get("selection") or {"edges": [], "fraction": []}
+    selection = payload.get("selection") or every_host()
     return ObservationPlan(hosts, config, Snapshot.from_dict(payload["snapshot"]), jobs, d, selection)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from features.balance import balanced_hosts
+from features.balance import balanced_hosts, every_host
 from features.centring import centre_offsets, perpendicular_basis
 from features.config import check_geometry
 from features.cylinder import (
@@ -70,7 +70,7 @@ class Observations:
     n_hosts: int
     config: ObservationSpec
     snapshot: Snapshot
-    selection: dict = field(default_factory=lambda: {"edges": [], "fraction": []})
+    selection: dict = field(default_factory=every_host)
 
 
 def select_hosts(halos: Catalog, log10_m200c_min: float) -> pd.DataFrame:
@@ -127,7 +127,7 @@ class ObservationPlan:
     snapshot: Snapshot
     jobs: tuple[RegionJob, ...]
     directory: Path
-    selection: dict = field(default_factory=lambda: {"edges": [], "fraction": []})
+    selection: dict = field(default_factory=every_host)
 
     @property
     def grid(self) -> RegionGrid:
