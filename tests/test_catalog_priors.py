@@ -42,6 +42,18 @@ def priors(n: int = len(GRID)) -> dict[str, np.ndarray]:
     return {"target_prior": np.full(n, 1.0 / (grid[-1] - grid[0])), "training_prior": training}
 
 
+def replace_array(path: Path, name: str, data: np.ndarray) -> None:
+    """Overwrite the grid or a prior of a written catalog with ``data``: the HDF5 dataset ``name``, or the FITS
+    image extension of that name (``log10_m200c_grid`` is the extension GRID)."""
+    if path.suffix == ".h5":
+        with h5py.File(path, "r+") as f:
+            del f[name]
+            f[name] = data
+    else:
+        with fits.open(path, mode="update") as hdul:
+            hdul["GRID" if name == "log10_m200c_grid" else name.upper()].data = data
+
+
 def one_line(exc: pytest.ExceptionInfo, path, *words: str) -> None:
     text = str(exc.value)
     assert "\n" not in text and str(path) in text, text
@@ -147,13 +159,7 @@ def test_a_prior_missing_from_a_file_is_refused(tmp_path):
 @pytest.mark.parametrize("suffix", [".h5", ".fits"])
 def test_a_prior_of_the_wrong_length_is_refused(tmp_path, suffix):
     path = write_catalog(tmp_path / f"cat{suffix}", normalised_columns(), GRID, PROVENANCE, priors=priors())
-    if suffix == ".h5":
-        with h5py.File(path, "r+") as f:
-            del f["target_prior"]
-            f["target_prior"] = np.ones(50)
-    else:
-        with fits.open(path, mode="update") as hdul:
-            hdul["TARGET_PRIOR"].data = np.ones(50)
+    replace_array(path, "target_prior", np.ones(50))
     with pytest.raises(CatalogError) as exc:
         read_posteriors(path)
     one_line(exc, path, "target_prior", "(64,)", "one value per grid point")
@@ -174,13 +180,7 @@ def test_a_missing_pdf_column_is_refused(tmp_path):
 @pytest.mark.parametrize("suffix", [".h5", ".fits"])
 def test_a_grid_that_does_not_match_the_pdfs_is_refused(tmp_path, suffix):
     path = write_catalog(tmp_path / f"cat{suffix}", normalised_columns(), GRID, PROVENANCE, priors=priors())
-    if suffix == ".h5":
-        with h5py.File(path, "r+") as f:
-            del f["log10_m200c_grid"]
-            f["log10_m200c_grid"] = GRID[:-1]
-    else:
-        with fits.open(path, mode="update") as hdul:
-            hdul["GRID"].data = GRID[:-1]
+    replace_array(path, "log10_m200c_grid", GRID[:-1])
     with pytest.raises(CatalogError) as exc:
         read_posteriors(path)
     one_line(exc, path, PDF_NAME)
